@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates .venv by itself.
+# torch is installed first and pinned (a CPU wheel here; GPU users install their CUDA build of 2.13.0 first),
+# so that nothing pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo stack stack-down stack-status clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet torch==2.13.0
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: venv
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VPY) -m infra.local up
+	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
+	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
+
+stack: venv
+	$(VPY) -m infra.local up
+
+stack-down:
+	$(VPY) -m infra.local down
+
+stack-status:
+	$(VPY) -m infra.local status
+
+clean: stack-down
+	rm -rf .stack
