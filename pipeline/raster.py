@@ -69,7 +69,7 @@ def load_items(
         backend: `odc` (odc-stac) or `stackstac`.
 
     Returns:
-        DataArray [time, band, y, x] with coords `time`, `band` (asset keys), `y`, `x` and attrs `crs`
+        DataArray [time, band, y, x] with coords `time`, `band` (asset keys), `y`, `x` (pixel centres) and attrs `crs`
         (`"EPSG:xxxx"`), `transform` (6 affine coefficients) and `resolution`.
 
     Raises:
@@ -101,6 +101,9 @@ def load_items(
         raise
     except Exception as err:  # rasterio/GDAL/odc raise many types; keep the cause, name the items
         raise ChipError(f"reading {list(assets)} of {[i.id for i in items]} failed: {err}") from err
+    # One convention for both backends: x/y are pixel centres (stackstac labels top-left corners).
+    arr = arr.assign_coords(x=minx + resolution * (np.arange(arr.sizes["x"]) + 0.5),
+                            y=maxy - resolution * (np.arange(arr.sizes["y"]) + 0.5))  # fmt: skip
     arr.attrs = {"crs": f"EPSG:{epsg}", "transform": (resolution, 0.0, minx, 0.0, -resolution, maxy),
                  "resolution": resolution}  # fmt: skip
     return arr
