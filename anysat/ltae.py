@@ -1,0 +1,128 @@
+"""Lightweight Temporal Attention Encoder (L-TAE) run per pixel, with date masks and pixel chunks.
+
+Each pixel's time series [T, C] goes through an input MLP (widths C, D/8, D/2, D, 2D, D; Linear + GroupNorm(4)
++ ReLU each), an optional GroupNorm(16) over (channels, dates), a sinusoidal day-of-year encoding (width D/16
+repeated over 16 heads), one learned master query per head attending over the dates, an output MLP and a
+GroupNorm(16). Parameter names follow the official checkpoint.
+
+Differences from the official code (see docs/MODEL.md): dates marked invalid (padding or cloud, per pixel) take
+no part in the attention nor in the input GroupNorm statistics, so they do not influence the output; with every
+date valid the computation is the official one. Pixels are processed in chunks so that peak memory grows
+linearly with H·W·T; with `checkpoint=True` each chunk is recomputed in the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+__all__ = ["LTAE"]
+
+
+class _MasterQueryAttention(nn.Module):
+    """One learned query per head over the dates (official name `attention_heads`)."""
+
+    def __init__(self, n_head: int, d_k: int, d_in: int) -> None:
+        super().__init__()
+        self.n_head, self.d_k = n_head, d_k
+        self.Q = nn.Parameter(torch.randn(n_head, d_k) * (2.0 / d_k) ** 0.5)
+        self.fc1_k = nn.Linear(d_in, n_head * d_k)
+        nn.init.normal_(self.fc1_k.weight, mean=0.0, std=(2.0 / d_k) ** 0.5)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """x [N, T, D], valid [N, T] bool or None → [N, D] (heads concatenated)."""
+        n, t, d = x.shape
+        k = self.fc1_k(x).view(n, t, self.n_head, self.d_k)
+        scores = torch.einsum("nthd,hd->nht", k, self.Q.to(k.dtype)) / self.d_k**0.5  # [N, H, T]
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        if valid is not None:  # a pixel with no valid date attends to nothing
+            attn = torch.nan_to_num(attn, nan=0.0)
+        v = x.view(n, t, self.n_head, d // self.n_head)
+        return torch.einsum("nht,nthd->nhd", attn, v).reshape(n, d)
+
+
+class LTAE(nn.Module):
+    """Per-pixel temporal encoder: [B, T, C, H, W] + day of year [B, T] → [B, D, H, W]."""
+
+    def __init__(self, in_channels: int, embed_dim: int, *, n_head: int = 16, d_k: int = 8, period: int = 367,
+                 in_norm: bool = False, chunk_pixels: int = 8192) -> None:  # fmt: skip
+        super().__init__()
+        d = embed_dim
+        widths = [in_channels, d // 8, d // 2, d, 2 * d, d]
+        layers: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.GroupNorm(4, b), nn.ReLU(), nn.Dropout(0.0)]
+        self.inconv = nn.Sequential(*layers)
+        self.in_norm = nn.GroupNorm(n_head, d) if in_norm else None
+        self.attention_heads = _MasterQueryAttention(n_head, d_k, d)
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GroupNorm(4, d), nn.ReLU())
+        self.out_norm = nn.GroupNorm(n_head, d)
+        self.n_head, self.embed_dim, self.chunk_pixels = n_head, d, chunk_pixels
+        pe_dim = d // n_head
+        denom = torch.pow(float(period), 2 * (torch.arange(pe_dim).float() // 2) / pe_dim)
+        self.register_buffer("denom", denom, persistent=False)
+
+    def _date_encoding(self, doy: torch.Tensor) -> torch.Tensor:
+        """[N, T] day of year → [N, T, D]: sin on even, cos on odd channels, repeated per head."""
+        table = doy[..., None].float() / self.denom  # [N, T, D/16]
+        enc = torch.empty_like(table)
+        enc[..., 0::2] = torch.sin(table[..., 0::2])
+        enc[..., 1::2] = torch.cos(table[..., 1::2])
+        return enc.repeat(1, 1, self.n_head)
+
+    def _masked_group_norm(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """GroupNorm over (channels of a group, valid dates) of x [N, T, D]."""
+        norm = self.in_norm
+        assert norm is not None
+        if valid is None:
+            return F.group_norm(x.transpose(1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps).transpose(1, 2)
+        n, t, d = x.shape
+        g = norm.num_groups
+        xg = x.view(n, t, g, d // g)
+        w = valid[:, :, None, None].to(x.dtype)
+        count = (w.sum(dim=1, keepdim=True) * (d // g)).clamp(min=1)  # [N, 1, 1, 1]
+        mean = (xg * w).sum(dim=(1, 3), keepdim=True) / count
+        var = (((xg - mean) ** 2) * w).sum(dim=(1, 3), keepdim=True) / count
+        out = ((xg - mean) / torch.sqrt(var + norm.eps)).view(n, t, d)
+        return out * norm.weight + norm.bias
+
+    def _encode_pixels(self, x: torch.Tensor, doy: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """x [N, T, C], doy [N, T], valid [N, T] → [N, D]."""
+        n, t, c = x.shape
+        out = self.inconv(x.reshape(n * t, c)).view(n, t, -1)  # [N, T, D]
+        if self.in_norm is not None:
+            out = self._masked_group_norm(out, valid)
+        out = out + self._date_encoding(doy).to(out.dtype)
+        out = self.attention_heads(out, valid)  # [N, D]
+        return self.out_norm(self.mlp(out))
+
+    def forward(self, x: torch.Tensor, doy: torch.Tensor, valid: torch.Tensor | None = None, *,
+                checkpoint: bool = False) -> torch.Tensor:  # fmt: skip
+        """Encode every pixel's time series.
+
+        Args:
+            x: [B, T, C, H, W] standardised values.
+            doy: [B, T] day of year.
+            valid: [B, T, H, W] bool, True where a date is usable at a pixel; None = all valid.
+            checkpoint: Recompute each pixel chunk in the backward pass (activation checkpointing).
+
+        Returns:
+            [B, D, H, W].
+        """
+        b, t, c, h, w = x.shape
+        pix = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)  # [BHW, T, C]
+        dates = doy[:, None, :].expand(b, h * w, t).reshape(b * h * w, t)
+        mask = None if valid is None else valid.permute(0, 2, 3, 1).reshape(b * h * w, t)
+        chunks = []
+        for start in range(0, pix.shape[0], self.chunk_pixels):
+            sl = slice(start, start + self.chunk_pixels)
+            args = (pix[sl], dates[sl], None if mask is None else mask[sl])
+            if checkpoint and torch.is_grad_enabled():
+                chunks.append(_checkpoint(self._encode_pixels, *args, use_reentrant=False))
+            else:
+                chunks.append(self._encode_pixels(*args))
+        return torch.cat(chunks).view(b, h, w, self.embed_dim).permute(0, 3, 1, 2)
