@@ -30,7 +30,7 @@ class Mlp(nn.Module):
 
 
 class _SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, rpe: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, *, rpe: bool, rpe_first_head: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} must be divisible by the number of heads {num_heads}")
@@ -39,7 +39,7 @@ class _SelfAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
-        self.rpe_k = RelativePositionKeys(self.head_dim) if rpe else None
+        self.rpe_k = RelativePositionKeys(self.head_dim, first_head_only=rpe_first_head) if rpe else None
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape  # [B, N, D]
@@ -74,9 +74,10 @@ class Block(nn.Module):
 class RPEBlock(Block):
     """ViT block whose attention adds iRPE on keys (the shared spatial encoder's block)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-5,
+                 rpe_first_head: bool = False) -> None:  # fmt: skip
         super().__init__(dim, num_heads, mlp_ratio=mlp_ratio, eps=eps)
-        self.attn = _SelfAttention(dim, num_heads, rpe=True)
+        self.attn = _SelfAttention(dim, num_heads, rpe=True, rpe_first_head=rpe_first_head)
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         x = x + self.attn(self.norm1(x), buckets)
@@ -86,7 +87,7 @@ class RPEBlock(Block):
 class _CrossAttention(nn.Module):
     """Learned queries (+ their position encoding) attend to all modality tokens, with iRPE on keys."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, *, rpe_first_head: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -94,7 +95,7 @@ class _CrossAttention(nn.Module):
         self.wk = nn.Linear(dim, dim, bias=True)
         self.wv = nn.Linear(dim, dim, bias=True)
         self.q_learned = nn.Parameter(torch.zeros(1, 1, dim))
-        self.rpe_k = RelativePositionKeys(self.head_dim)
+        self.rpe_k = RelativePositionKeys(self.head_dim, first_head_only=rpe_first_head)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, query_pos: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
@@ -112,10 +113,11 @@ class _CrossAttention(nn.Module):
 class FusionBlock(nn.Module):
     """Cross-attention fusion: attention branch without residual, MLP branch with one."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6,
+                 rpe_first_head: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = _CrossAttention(dim, num_heads)
+        self.attn = _CrossAttention(dim, num_heads, rpe_first_head=rpe_first_head)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

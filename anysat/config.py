@@ -26,6 +26,8 @@ class AnySatConfig:
         grad_checkpointing: Recompute L-TAE chunks and transformer blocks in the backward pass.
         official_aerial_order: Emit VHR sub-patches in the official cell-major order (for faithful use of
             official weights); False gives raster order, which the position encoding and `dense` assume.
+        official_irpe: Reproduce the official iRPE, whose bias comes from the first head's queries for every
+            head (for faithful use of official weights); False gives each head its own bias.
     """
 
     size: Literal["tiny", "small", "base"] = "tiny"
@@ -34,6 +36,7 @@ class AnySatConfig:
     ltae_chunk_pixels: int = 8192
     grad_checkpointing: bool = False
     official_aerial_order: bool = False
+    official_irpe: bool = False
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -64,7 +67,8 @@ class AnySatConfig:
         return {"size": self.size, "modalities": [m.to_dict() for m in self.modalities],
                 "mlp_ratio": self.mlp_ratio, "ltae_chunk_pixels": self.ltae_chunk_pixels,
                 "grad_checkpointing": self.grad_checkpointing,
-                "official_aerial_order": self.official_aerial_order}  # fmt: skip
+                "official_aerial_order": self.official_aerial_order,
+                "official_irpe": self.official_irpe}  # fmt: skip
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AnySatConfig:

@@ -49,10 +49,17 @@ def bucket_ids(grid: int, *, prefix: int = 1, device: torch.device | None = None
 
 
 class RelativePositionKeys(nn.Module):
-    """Contextual iRPE on keys; `lookup_table_weight` [1, head_dim, 8] is shared by all heads."""
+    """Contextual iRPE on keys; `lookup_table_weight` [1, head_dim, 8] is shared by all heads.
 
-    def __init__(self, head_dim: int) -> None:
+    Args:
+        head_dim: Width of one head.
+        first_head_only: Reproduce the official code, whose gather keeps the bias computed from the first
+            head's queries and broadcasts it to every head. False gives each head the bias of its own queries.
+    """
+
+    def __init__(self, head_dim: int, *, first_head_only: bool = False) -> None:
         super().__init__()
+        self.first_head_only = first_head_only
         self.lookup_table_weight = nn.Parameter(torch.zeros(1, head_dim, NUM_DIST_BUCKETS + 1))
         nn.init.trunc_normal_(self.lookup_table_weight, std=0.02)
 
@@ -64,8 +71,10 @@ class RelativePositionKeys(nn.Module):
             buckets: [Nq, Nk] or [B, Nq, Nk] bucket ids.
 
         Returns:
-            [B, H, Nq, Nk] additive bias.
+            [B, H, Nq, Nk] additive bias ([B, 1, Nq, Nk] with `first_head_only`).
         """
+        if self.first_head_only:
+            q = q[:, :1]
         table = q @ self.lookup_table_weight[0]  # [B, H, Nq, 8]
         b, h, nq, nb = table.shape
         idx = buckets if buckets.dim() == 3 else buckets.unsqueeze(0).expand(b, -1, -1)  # [B, Nq, Nk]

@@ -53,10 +53,11 @@ class ModalityTokens:
 class SpatialEncoder(nn.Module):
     """One transformer shared by all modalities: CLS + sub-patch tokens of a patch → patch token (iRPE)."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float, rpe_first_head: bool) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.ModuleList([RPEBlock(dim, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([RPEBlock(dim, num_heads, mlp_ratio=mlp_ratio, rpe_first_head=rpe_first_head)
+                                     for _ in range(depth)])  # fmt: skip
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, *, step_m: float, checkpoint: bool = False) -> torch.Tensor:
@@ -90,10 +91,11 @@ class AnySat(nn.Module):
                 self.projectors[mod.key] = TemporalProjector(mod, d, chunk_pixels=config.ltae_chunk_pixels)
             else:
                 self.projectors[mod.key] = VHRProjector(mod, d, official_order=config.official_aerial_order)
-        self.spatial_encoder = SpatialEncoder(d, depth, heads, mlp_ratio=config.mlp_ratio)
+        self.spatial_encoder = SpatialEncoder(d, depth, heads, mlp_ratio=config.mlp_ratio,
+                                              rpe_first_head=config.official_irpe)  # fmt: skip
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = nn.ModuleList([Block(d, heads, mlp_ratio=config.mlp_ratio) for _ in range(depth)])
-        self.fusion = FusionBlock(d, heads, mlp_ratio=config.mlp_ratio)
+        self.fusion = FusionBlock(d, heads, mlp_ratio=config.mlp_ratio, rpe_first_head=config.official_irpe)
         for part in (self.spatial_encoder, self.blocks, self.fusion):  # projectors keep their own init
             part.apply(self._init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

@@ -59,7 +59,7 @@ def _read(path_or_state: str | Path | Mapping[str, Any]) -> dict[str, torch.Tens
 
 def load_official(path_or_state_dict: str | Path | Mapping[str, Any], *, size: str | None = None,
                   modalities: Sequence[str | Modality] | None = None,
-                  official_aerial_order: bool = True) -> AnySat:  # fmt: skip
+                  official_aerial_order: bool = True, official_irpe: bool = True) -> AnySat:  # fmt: skip
     """Build our model from an official checkpoint (file or state dict), checking every key and shape.
 
     Args:
@@ -69,6 +69,7 @@ def load_official(path_or_state_dict: str | Path | Mapping[str, Any], *, size: s
             Projectors of other modalities in the checkpoint are ignored.
         official_aerial_order: Reproduce the official cell-major VHR sub-patch order (defect 3), so that the
             official weights see what they were trained on.
+        official_irpe: Reproduce the official iRPE bias (computed from the first head's queries only).
 
     Raises:
         ValueError: The checkpoint does not match the model: the message lists missing, unexpected and
@@ -91,7 +92,7 @@ def load_official(path_or_state_dict: str | Path | Mapping[str, Any], *, size: s
             raise ValueError(f"checkpoint has projectors {unknown} that are not official keys; pass modalities=")
         modalities = [m for m in OFFICIAL_MODALITIES if m in present]
     config = AnySatConfig(size=size, modalities=tuple(modalities),  # type: ignore[arg-type]
-                          official_aerial_order=official_aerial_order)  # fmt: skip
+                          official_aerial_order=official_aerial_order, official_irpe=official_irpe)  # fmt: skip
     model = AnySat(config)
     wanted = model.state_dict()
     converted = convert_official_state_dict(state, depth=depth)
