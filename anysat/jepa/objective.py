@@ -1,0 +1,134 @@
+"""The JEPA objective as one module: student, EMA target, predictor, masks and losses; independent of trainers.
+
+`Jepa.forward(batch)` takes the model's input dict plus `patch_size` (metres) and returns the loss and its parts;
+`update_target(momentum)` moves the EMA target. A trainer only calls these two and an optimiser.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anysat.jepa.ema import ema_update
+from anysat.jepa.loss import mil_nce, prediction_loss
+from anysat.jepa.masks import MaskConfig, sample_masks
+from anysat.jepa.predictor import Predictor
+from anysat.model import AnySat
+
+__all__ = ["Jepa", "JepaConfig", "JepaOutput", "drop_dates"]
+
+
+@dataclass(frozen=True)
+class JepaConfig:
+    """JEPA recipe (defaults follow the official AnySat pretraining where the reference gives them).
+
+    Attributes:
+        masks: Context/target block sampling.
+        modality_mask_ratio: Share of the non-kept modality tokens replaced by the mask token (student only).
+        date_drop_ratio: Share of each time series' valid dates hidden from the student.
+        predictor_depth: Predictor blocks.
+        predictor_heads: Predictor attention heads.
+        nce_weight: Weight of the MIL-NCE term.
+        nce_temperature: MIL-NCE temperature.
+        seed: Seed of the mask generator (advanced once per step, so masks are reproducible).
+    """
+
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    modality_mask_ratio: float = 0.5
+    date_drop_ratio: float = 0.5
+    predictor_depth: int = 4
+    predictor_heads: int = 16
+    nce_weight: float = 1.0
+    nce_temperature: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class JepaOutput:
+    """Loss of one step and its parts (tensors; `loss` carries the gradient)."""
+
+    loss: torch.Tensor
+    loss_pred: torch.Tensor
+    loss_nce: torch.Tensor
+
+
+def drop_dates(x: Mapping[str, torch.Tensor], keys: list[str], ratio: float,
+               gen: torch.Generator) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Hide `ratio` of each sample's valid dates per time series through `<key>_mask` (≥ 1 date kept)."""
+    out = dict(x)
+    for key in keys:
+        b, t = x[key].shape[:2]
+        mask = x.get(f"{key}_mask", torch.ones(b, t, dtype=torch.bool, device=x[key].device)).bool()
+        scores = torch.rand(b, t, generator=gen).to(mask.device).masked_fill(~mask, 2.0)
+        n_valid = mask.sum(1)
+        n_keep = torch.clamp((n_valid.float() * (1 - ratio)).ceil().long(), min=1)
+        rank = scores.argsort(1).argsort(1)
+        out[f"{key}_mask"] = mask & (rank < n_keep[:, None])
+    return out
+
+
+class Jepa(nn.Module):
+    """Student encoder + EMA target + predictor, trained by predicting target-block tokens from context.
+
+    Batch contract: the encoder's input dict (`s2`, `s2_dates`, optional `s2_mask`/`s2_valid`, `aerial`, …)
+    plus `patch_size` (int, metres); every sample of a batch shares one set of modalities and one patch size.
+    """
+
+    def __init__(self, encoder: AnySat, config: JepaConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or JepaConfig()
+        self.student = encoder
+        self.target = copy.deepcopy(encoder)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        d = encoder.embed_dim
+        self.predictor = Predictor(d, depth=config.predictor_depth, num_heads=config.predictor_heads)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, d))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def _mask_modalities(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per patch keep one random modality; replace `modality_mask_ratio` of the others by the mask token."""
+        b, m, n, _ = tokens.shape
+        if m < 2:
+            return tokens
+        keep = torch.randint(0, m, (b, 1, n), generator=self.generator).to(tokens.device)
+        drop = torch.rand(b, m, n, generator=self.generator).to(tokens.device) < self.config.modality_mask_ratio
+        is_kept = torch.arange(m, device=tokens.device)[None, :, None] == keep
+        replace = (drop & ~is_kept)[..., None]
+        return torch.where(replace, self.mask_token.to(tokens.dtype), tokens)
+
+    def forward(self, batch: Mapping[str, object]) -> JepaOutput:
+        """One JEPA step's loss (see the batch contract in the class docstring)."""
+        patch_size = int(batch["patch_size"])  # type: ignore[call-overload]
+        x = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        table = self.student.config.table
+        series = [k for k in x if k in table and table[k].temporal]
+        with torch.no_grad():
+            self.target.eval()
+            full = self.target.embed_modalities(x, patch_size=patch_size)
+            fused_t = self.target.fuse(full.tokens, grid=full.grid, scale=full.scale, tile_tokens=full.tile_tokens)
+            target_tokens = F.layer_norm(fused_t[:, 1:], (fused_t.shape[-1],))  # [B, N, D]
+        x_student = drop_dates(x, series, self.config.date_drop_ratio, self.generator)
+        emb = self.student.embed_modalities(x_student, patch_size=patch_size)
+        b = emb.tokens.shape[0]
+        masks = sample_masks(emb.grid, b, self.config.masks, generator=self.generator)
+        ctx_idx = masks.context.to(emb.tokens.device)
+        tgt_idx = masks.targets.reshape(b, -1).to(emb.tokens.device)  # [B, n_targets·Kt]
+        tokens = self._mask_modalities(emb.tokens)
+        fused = self.student.fuse(tokens, grid=emb.grid, scale=emb.scale, keep=ctx_idx, tile_tokens=emb.tile_tokens)
+        pred = self.predictor(fused[:, 1:], ctx_idx, tgt_idx, grid=emb.grid, scale=emb.scale)
+        want = torch.gather(target_tokens, 1, tgt_idx[..., None].expand(-1, -1, target_tokens.shape[-1]))
+        loss_pred = prediction_loss(pred, want)
+        loss_nce = mil_nce(emb.tokens, temperature=self.config.nce_temperature)
+        return JepaOutput(loss_pred + self.config.nce_weight * loss_nce, loss_pred.detach(), loss_nce.detach())
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """Move the target encoder towards the student: t ← m·t + (1 − m)·s."""
+        ema_update(self.target, self.student, momentum)
