@@ -33,7 +33,7 @@ class AnySatConfig:
     size: Literal["tiny", "small", "base"] = "tiny"
     modalities: tuple[Modality, ...] = field(default_factory=lambda: tuple(OFFICIAL_MODALITIES.values()))
     mlp_ratio: float = 4.0
-    ltae_chunk_pixels: int = 8192
+    ltae_chunk_pixels: int = 512
     grad_checkpointing: bool = False
     official_aerial_order: bool = False
     official_irpe: bool = False

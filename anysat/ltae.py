@@ -49,7 +49,7 @@ class LTAE(nn.Module):
     """Per-pixel temporal encoder: [B, T, C, H, W] + day of year [B, T] → [B, D, H, W]."""
 
     def __init__(self, in_channels: int, embed_dim: int, *, n_head: int = 16, d_k: int = 8, period: int = 367,
-                 in_norm: bool = False, chunk_pixels: int = 8192) -> None:  # fmt: skip
+                 in_norm: bool = False, chunk_pixels: int = 512) -> None:  # fmt: skip
         super().__init__()
         d = embed_dim
         widths = [in_channels, d // 8, d // 2, d, 2 * d, d]
@@ -117,9 +117,12 @@ class LTAE(nn.Module):
         pix = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c)  # [BHW, T, C]
         dates = doy[:, None, :].expand(b, h * w, t).reshape(b * h * w, t)
         mask = None if valid is None else valid.permute(0, 2, 3, 1).reshape(b * h * w, t)
+        # Chunks bound memory only where activations are not all kept for the backward pass: in inference
+        # and with checkpointing. Plain training runs all pixels at once (faster, same memory).
+        chunk = self.chunk_pixels if (checkpoint or not torch.is_grad_enabled()) else pix.shape[0]
         chunks = []
-        for start in range(0, pix.shape[0], self.chunk_pixels):
-            sl = slice(start, start + self.chunk_pixels)
+        for start in range(0, pix.shape[0], chunk):
+            sl = slice(start, start + chunk)
             args = (pix[sl], dates[sl], None if mask is None else mask[sl])
             if checkpoint and torch.is_grad_enabled():
                 chunks.append(_checkpoint(self._encode_pixels, *args, use_reentrant=False))

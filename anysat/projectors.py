@@ -59,7 +59,7 @@ class VHRProjector(nn.Module):
 class TemporalProjector(nn.Module):
     """Time-series projector: per-pixel L-TAE (`patch_embed`) then grouping by patch."""
 
-    def __init__(self, modality: Modality, embed_dim: int, *, chunk_pixels: int = 8192) -> None:
+    def __init__(self, modality: Modality, embed_dim: int, *, chunk_pixels: int = 512) -> None:
         super().__init__()
         self.modality = modality
         self.patch_embed = LTAE(modality.channels, embed_dim, period=modality.doy_period, in_norm=modality.in_norm,
