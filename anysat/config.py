@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from anysat.modalities import OFFICIAL_MODALITIES, Modality, resolve_modalities
+from anysat.modalities import OFFICIAL_MODALITIES, Modality, reject_unknown_fields, resolve_modalities
 
 __all__ = ["SIZES", "AnySatConfig"]
 
@@ -73,10 +73,7 @@ class AnySatConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AnySatConfig:
         """Inverse of `to_dict`; modalities may be official keys or full descriptions."""
-        fields = set(cls.__dataclass_fields__)
-        unknown = set(raw) - fields
-        if unknown:
-            raise ValueError(f"unknown AnySatConfig fields {sorted(unknown)}; valid fields are {sorted(fields)}")
+        reject_unknown_fields(cls, raw, "AnySatConfig")
         data = dict(raw)
         if "modalities" in data:
             data["modalities"] = resolve_modalities(data["modalities"])

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["OFFICIAL_MODALITIES", "Modality", "check_inputs", "resolve_modalities"]
+__all__ = ["OFFICIAL_MODALITIES", "Modality", "check_inputs", "reject_unknown_fields", "resolve_modalities"]
+
+
+def reject_unknown_fields(cls: type, raw: Mapping[str, Any], what: str) -> None:
+    """Raise ValueError naming the fields of `raw` that dataclass `cls` does not have, and the valid ones."""
+    fields = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = set(raw) - fields
+    if unknown:
+        raise ValueError(f"unknown {what} fields {sorted(unknown)}; valid fields are {sorted(fields)}")
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,7 @@ class Modality:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Modality:
         """Build from a mapping (YAML/JSON); unknown fields are rejected with the valid ones listed."""
-        fields = set(cls.__dataclass_fields__)
-        unknown = set(raw) - fields
-        if unknown:
-            raise ValueError(f"unknown modality fields {sorted(unknown)}; valid fields are {sorted(fields)}")
+        reject_unknown_fields(cls, raw, "modality")
         return cls(**{**raw, "bands": tuple(raw["bands"])})
 
 
