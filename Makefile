@@ -24,6 +24,9 @@ test: venv
 demo: venv
 	$(VPY) -m infra.local up
 	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
+	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
+	@echo "Zarr shards: $(CURDIR)/out/demo-dataset/shards (xarray.open_zarr(url, group='s2', zarr_format=3, consolidated=False))"
 	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
 
 stack: venv

@@ -48,11 +48,12 @@ class Manifest:
 
 
 def _clean_item(item: pystac.Item) -> dict[str, Any]:
-    """Item dict with unsigned hrefs and no volatile links (self/root/parent point at the API that served it)."""
+    """Item dict with unsigned hrefs and no links: links point at the API that served the item (its host and
+    port), which would change the dataset version without any change of data."""
     raw = item.to_dict(include_self_link=False, transform_hrefs=False)
     for asset in raw.get("assets", {}).values():
         asset["href"] = unsigned(asset["href"])
-    raw["links"] = [link for link in raw.get("links", []) if link.get("rel") not in ("self", "root", "parent", "next")]
+    raw["links"] = []
     return raw
 
 

@@ -123,8 +123,12 @@ def ray_temp_dir(state_dir: Path) -> Path:
     return Path("/tmp") / f"anysat-ray-{digest}"
 
 
-def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = ()) -> ServiceSpec:
+def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
+             cluster_env: Mapping[str, str] | None = None) -> ServiceSpec:
     """A Ray head with its dashboard (so `ray job submit` works), every port chosen free, on loopback.
+
+    `cluster_env` (the other servers' URLs and the S3 settings) is given to the head, so jobs submitted to it see
+    them, as pods of a cluster see theirs.
 
     `ray start --block` keeps the launching process alive as the parent of the head's processes, so the stack
     can stop exactly this head by its PID instead of `ray stop`, which stops every Ray process on the machine.
@@ -156,7 +160,7 @@ def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = ()) -> 
         "--disable-usage-stats",
     )  # fmt: skip
     dashboard = f"http://{HOST}:{ports['dashboard']}"
-    env = dict(RAY_LOOPBACK_ENV) | {"RAY_USAGE_STATS_ENABLED": "0"}
+    env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | {"RAY_USAGE_STATS_ENABLED": "0"}
     urls = {"RAY_ADDRESS": dashboard, "RAY_GCS_ADDRESS": f"{HOST}:{ports['gcs']}"}
     return ServiceSpec("ray", argv, env, f"{dashboard}/api/version", ports, 120.0, urls)
 

@@ -41,7 +41,7 @@ __all__ = ["ALL_SERVICES", "LocalStack", "RunningService", "StackConfig", "Stack
 
 log = logging.getLogger(__name__)
 
-ALL_SERVICES: tuple[str, ...] = ("s3", "stac", "mlflow", "ray")
+ALL_SERVICES: tuple[str, ...] = ("s3", "stac", "mlflow", "ray")  # in start order: Ray last, it gets the others' URLs
 
 
 class StackError(RuntimeError):
@@ -198,7 +198,9 @@ class LocalStack:
                 artifacts, endpoint = str(self.state_dir / "mlflow" / "artifacts"), None
             return mlflow_spec(port=free_port(exclude=taken), state_dir=self.state_dir, artifacts=artifacts,
                                s3_endpoint=endpoint)  # fmt: skip
-        return ray_spec(state_dir=self.state_dir, num_cpus=self.config.ray_num_cpus, exclude=taken)
+        cluster_env = {k: v for k, v in self._env(services).items() if not k.startswith("RAY_")}
+        return ray_spec(state_dir=self.state_dir, num_cpus=self.config.ray_num_cpus, exclude=taken,
+                        cluster_env=cluster_env)  # fmt: skip
 
     def _start(self, spec: ServiceSpec) -> RunningService:
         logs = self.state_dir / "logs"

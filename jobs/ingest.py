@@ -1,0 +1,51 @@
+"""Ingest a STAC catalog into Zarr v3 shards: `python jobs/ingest.py --config configs/ingest-demo.yaml`.
+
+Also runs as `ray job submit --working-dir . -- python jobs/ingest.py --config …` on any Ray cluster. The STAC
+API of sensors without their own `stac_url` comes from `--stac-url` or `STAC_API_URL`; an `s3://` store uses
+the usual AWS variables and `FSSPEC_S3_ENDPOINT_URL` for its endpoint. Exits 2 on an invalid config, 1 when
+nothing usable was produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+
+from pipeline.config import IngestConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.ingest import run_ingest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value override")
+    parser.add_argument("--stac-url", default=os.environ.get("STAC_API_URL", ""), help="default STAC API")
+    parser.add_argument("--no-ray", action="store_true", help="write shards in this process, without Ray")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        config = load_config(IngestConfig, args.config, args.overrides)
+    except (ValueError, OSError) as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 2
+    if not args.no_ray and os.environ.get("RAY_ADDRESS", "").startswith("http"):
+        # a dashboard URL (for `ray job submit`) is not a cluster address for ray.init()
+        os.environ["RAY_ADDRESS"] = os.environ.get("RAY_GCS_ADDRESS", "")
+    try:
+        summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray)
+    except PipelineError as err:
+        print(f"ingestion failed: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(summary), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The ingestion run: search → frozen manifest → chip plan → one Ray Data task per shard → index and summary.
+
+Shard ids are deterministic (hash of the manifest version and the shard's chip ids), committed shards are
+skipped, so re-running the same config after a crash finishes the rest and writes nothing twice. Every item or
+chip that cannot be used lands in `<store>/rejects.parquet` with its reason. Without Ray (`use_ray=False`) the
+same shard function runs in a plain loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import fsspec
+import pandas as pd
+
+from pipeline.chips import load_chip
+from pipeline.config import IngestConfig, to_dict
+from pipeline.errors import PipelineError
+from pipeline.grid import ChipPlan, Reject, plan_chips
+from pipeline.manifest import Manifest, freeze_manifest, read_manifest
+from pipeline.records import Chip
+from pipeline.signing import PlanetaryComputerSigner, redact
+from pipeline.stac import StacQuery, search_items
+from pipeline.store import StoreLayout, is_committed, rebuild_index, write_shard
+
+__all__ = ["IngestSummary", "run_ingest", "shard_plans"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What a run did: manifest version, chips written, shards written and skipped, rejects by reason, bytes, time."""
+
+    manifest_version: str
+    chips_planned: int
+    chips_written: int
+    shards_written: int
+    shards_skipped: int
+    rejects: Mapping[str, int] = field(default_factory=dict)
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+def shard_plans(manifest_version: str, chips: list[ChipPlan], chips_per_shard: int) -> list[tuple[str, list[str]]]:
+    """Group chips (sorted by id) into shards with deterministic ids."""
+    ids = sorted(c.chip_id for c in chips)
+    out = []
+    for start in range(0, len(ids), chips_per_shard):
+        group = ids[start : start + chips_per_shard]
+        digest = hashlib.sha1((manifest_version + "|" + "|".join(group)).encode()).hexdigest()[:16]
+        out.append((f"shard-{start // chips_per_shard:05d}-{digest}", group))
+    return out
+
+
+def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
+                sign: Callable[[str], str] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """A picklable function writing one shard (run inside Ray Data workers or a plain loop)."""
+    sensors = {s.modality: s.spec() for s in config.sensors}
+
+    def run(row: dict[str, Any]) -> dict[str, Any]:
+        shard_id, chip_ids = str(row["shard_id"]), [str(c) for c in row["chip_ids"]]
+        if is_committed(layout, shard_id):
+            return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]"}
+        manifest = read_manifest(manifest_url, storage_options=layout.storage_options)
+        items = {i.id: i for i in manifest.items()}
+        chips: list[Chip] = []
+        rejects: list[Reject] = []
+        for chip_id in chip_ids:
+            result = load_chip(plans[chip_id], items, sensors, sign=sign)
+            (chips if isinstance(result, Chip) else rejects).append(result)  # type: ignore[arg-type]
+        info = None
+        if chips:
+            info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": manifest.version})
+        return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
+                "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
+
+    return run
+
+
+def _write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
+    fs, root = layout.fs()
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    with fs.open(f"{root}/{name}", "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
+               use_ray: bool = True, pc_sas_url: str | None = None) -> IngestSummary:  # fmt: skip
+    """Run an ingestion end to end (see the module docstring).
+
+    Args:
+        config: The validated ingestion config.
+        stac_url: Default STAC API for sensors whose `stac_url` is empty.
+        storage_options: fsspec options of the store (e.g. the S3 endpoint); never written.
+        use_ray: Write shards as Ray Data tasks (connects to the current cluster or starts a local one).
+        pc_sas_url: Token service of Planetary Computer signing (default: the public one).
+
+    Raises:
+        PipelineError: Nothing usable was found or produced.
+    """
+    start = time.perf_counter()
+    opts = dict(storage_options or {})
+    layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
+                         storage_options=opts)  # fmt: skip
+    found = {}
+    for sensor in config.sensors:
+        url = sensor.stac_url or stac_url
+        if not url:
+            raise PipelineError(f"sensor {sensor.modality!r} has no stac_url and no default STAC API was given")
+        found[sensor.modality] = search_items(StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox,
+                                                        datetime=config.datetime,
+                                                        max_cloud_cover=sensor.max_cloud_cover,
+                                                        page_size=config.page_size))  # fmt: skip
+        log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
+    manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
+    begin, end = (datetime.fromisoformat(p.replace("Z", "+00:00")) for p in config.datetime.split("/"))
+    plans, rejects = plan_chips(manifest, grid=config.grid, area=config.bbox,
+                                required=tuple(s.modality for s in config.sensors if s.required),
+                                max_dates={s.modality: s.max_dates for s in config.sensors},
+                                time_range=(begin, end) if begin.tzinfo else None)  # fmt: skip
+    if not plans:
+        _write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
+        raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "
+                            f"({len(rejects)} rejects in {config.store}/rejects.parquet)")  # fmt: skip
+    by_id = {p.chip_id: p for p in plans}
+    shards = shard_plans(manifest.version, plans, config.chips_per_shard)
+    sign = None
+    if any(s.sign == "planetary-computer" for s in config.sensors):
+        sign = PlanetaryComputerSigner(sas_url=pc_sas_url) if pc_sas_url else PlanetaryComputerSigner()
+    task = _shard_task(config, layout, manifest.url, by_id, sign)
+    rows = [{"shard_id": sid, "chip_ids": ids} for sid, ids in shards]
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING)
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+        results = dataset.map(task, concurrency=config.concurrency, max_retries=config.max_retries,
+                              num_cpus=0.5).take_all()  # fmt: skip
+    else:
+        results = [task(r) for r in rows]
+    for result in results:
+        rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    index = rebuild_index(layout)
+    _write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
+                                                          columns=["kind", "subject", "reason"]))  # fmt: skip
+    fs, root = layout.fs()
+    with fs.open(f"{root}/config.json", "w") as f:
+        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    summary = IngestSummary(
+        manifest.version, len(plans), sum(int(r["chips"]) for r in results),
+        sum(r["status"] == "written" for r in results), sum(r["status"] == "skipped" for r in results),
+        counts, sum(int(r["bytes"]) for r in results), round(time.perf_counter() - start, 2),
+    )  # fmt: skip
+    log.info("ingestion done: %s", summary)
+    if index.empty:
+        raise PipelineError(f"nothing usable was produced; rejects by reason: {counts}")
+    return summary
