@@ -182,7 +182,8 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
                            storage_options=opts or None)  # fmt: skip
         if fs.exists(final):  # an earlier uncommitted attempt
             fs.rm(final, recursive=True)
-        if getattr(fs, "protocol", "file") in ("file", ("file", "local")) or "file" in fs.protocol:
+        protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+        if "file" in protocols:  # one rename on a local filesystem
             fs.mv(tmp, final, recursive=True)
         else:
             fs.copy(tmp, final, recursive=True)
