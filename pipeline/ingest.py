@@ -29,6 +29,7 @@ from pipeline.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.records import Chip
 from pipeline.signing import PlanetaryComputerSigner, redact
 from pipeline.stac import StacQuery, search_items
+from pipeline.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
 from pipeline.store import StoreLayout, is_committed, rebuild_index, write_shard
 
 __all__ = ["IngestSummary", "run_ingest", "shard_plans"]
@@ -79,7 +80,8 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, pl
             (chips if isinstance(result, Chip) else rejects).append(result)  # type: ignore[arg-type]
         info = None
         if chips:
-            info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": manifest.version})
+            info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": manifest.version},
+                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))})  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
                 "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
 
@@ -155,6 +157,12 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
     _write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
                                                           columns=["kind", "subject", "reason"]))  # fmt: skip
     fs, root = layout.fs()
+    parts = []
+    for shard_id in index["shard_id"]:
+        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
+            parts.append(stats_from_json(json.loads(f.read())))
+    with fs.open(f"{root}/stats.json", "w") as f:  # merged over every committed shard (equal to a full pass)
+        f.write(json.dumps(stats_to_json(merge_stats(parts)), sort_keys=True))
     with fs.open(f"{root}/config.json", "w") as f:
         f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
     counts: dict[str, int] = {}

@@ -148,8 +148,12 @@ def is_committed(layout: StoreLayout, shard_id: str) -> bool:
 
 
 def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
-                dataset_meta: Mapping[str, Any] | None = None) -> ShardInfo:  # fmt: skip
+                dataset_meta: Mapping[str, Any] | None = None,
+                sidecar: Mapping[str, str] | None = None) -> ShardInfo:  # fmt: skip
     """Write `chips` as one shard and commit it; a shard already committed is left as it is (idempotent).
+
+    `sidecar` files (name → text, e.g. the shard's band statistics) are written inside the shard before its
+    commit marker, so they exist exactly when the shard does.
 
     Raises:
         StoreError: Inconsistent chips, or storage failure (the shard then stays uncommitted).
@@ -191,6 +195,9 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
         info = ShardInfo(shard_id, layout.shard_url(shard_id), tuple(c.chip_id for c in chips), len(chips),
                          int(sum(fs.du(final, total=False).values())) if fs.isdir(final) else 0,
                          _content_hash(datasets), datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        for name, text in (sidecar or {}).items():
+            with fs.open(f"{final}/{name}", "w") as f:
+                f.write(text)
         with fs.open(f"{final}/{MARKER}", "w") as f:  # the commit point
             f.write(json.dumps(asdict(info) | {"dataset": dict(dataset_meta or {})}, sort_keys=True, default=str))
     except OSError as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -32,6 +33,11 @@ def test_ingest_into_a_local_store_and_rerun_skips_committed_shards(stack_env: d
     assert 0 < float(ds["data"].values[0, 0].mean()) < 1  # reflectance
     s1 = xr.open_zarr(index["url"][0], group="s1", zarr_format=3, consolidated=False)
     assert -40 < float(np.nanmean(s1["data"].values[0, 0])) < 10  # dB
+    stats = json.loads((tmp_path / "ds" / "stats.json").read_text())
+    valid_px = sum(int(xr.open_zarr(u, group="s2", zarr_format=3, consolidated=False)["valid"].values.sum())
+                   for u in index["url"])  # fmt: skip
+    assert stats["s2"]["B2"]["summary"]["count"] == valid_px  # merged per-shard stats = a full pass
+    assert 0 < stats["s2"]["B2"]["summary"]["mean"] < 0.5 and stats["s1"]["VV"]["summary"]["max"] < 20
     again = run_ingest(config, stac_url=stack_env["STAC_API_URL"], use_ray=False)
     assert again.manifest_version == first.manifest_version
     assert again.chips_written == 0 and again.shards_skipped == first.shards_written
