@@ -26,11 +26,12 @@ from pipeline.config import IngestConfig, to_dict
 from pipeline.errors import PipelineError
 from pipeline.grid import ChipPlan, Reject, plan_chips
 from pipeline.manifest import Manifest, freeze_manifest, read_manifest
+from pipeline.quicklook import modality_panel, write_quicklook
 from pipeline.records import Chip
 from pipeline.signing import PlanetaryComputerSigner, redact
 from pipeline.stac import StacQuery, search_items
 from pipeline.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
-from pipeline.store import StoreLayout, is_committed, rebuild_index, write_shard
+from pipeline.store import StoreLayout, is_committed, open_shard, rebuild_index, write_shard
 
 __all__ = ["IngestSummary", "run_ingest", "shard_plans"]
 
@@ -94,6 +95,31 @@ def _write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
     frame.to_parquet(buffer, index=False)
     with fs.open(f"{root}/{name}", "wb") as f:
         f.write(buffer.getvalue())
+
+
+def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[str], count: int) -> list[str]:
+    """Render the first `count` chips (first date of each modality) as PNGs under `<store>/quicklooks/`."""
+    fs, root = layout.fs()
+    fs.makedirs(f"{root}/quicklooks", exist_ok=True)
+    written: list[str] = []
+    for url in index["url"]:
+        datasets = {m: open_shard(url, m, storage_options=layout.storage_options) for m in modalities}
+        for i, chip_id in enumerate(next(iter(datasets.values()))["chip"].values):
+            if len(written) >= count:
+                return written
+            panels = []
+            for m, ds in datasets.items():
+                if chip_id not in ds["chip"].values or not bool(ds["date_mask"].values[i, 0]):
+                    continue
+                image = modality_panel(ds["data"].values[i, 0], ds["valid"].values[i, 0], list(ds["band"].values))
+                if image is not None:
+                    panels.append((f"{m} {str(ds['dates'].values[i, 0])[:10]}", image))
+            if panels:
+                target = f"{root}/quicklooks/{chip_id}.png"
+                with fs.open(target, "wb") as f:
+                    write_quicklook(f, panels, title=str(chip_id))
+                written.append(target)
+    return written
 
 
 def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
@@ -165,6 +191,8 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         f.write(json.dumps(stats_to_json(merge_stats(parts)), sort_keys=True))
     with fs.open(f"{root}/config.json", "w") as f:
         f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    if config.quicklooks and not index.empty:
+        write_quicklooks(layout, index, [s.modality for s in config.sensors], config.quicklooks)
     counts: dict[str, int] = {}
     for r in rejects:
         counts[r.kind] = counts.get(r.kind, 0) + 1

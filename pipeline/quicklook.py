@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["optical_rgb", "sar_composite", "write_quicklook"]
+__all__ = ["modality_panel", "optical_rgb", "sar_composite", "write_quicklook"]
+
+_RGB_NAMES = (("B4", "B3", "B2"), ("B04", "B03", "B02"), ("red", "green", "blue"), ("R", "G", "B"))
 
 
 def _stretch(x: np.ndarray, valid: np.ndarray | None = None, low: float = 2, high: float = 98) -> np.ndarray:
@@ -43,14 +46,37 @@ def sar_composite(vv_db: np.ndarray, vh_db: np.ndarray) -> np.ndarray:
     return np.stack([_stretch(vv_db), _stretch(vh_db), _stretch(vv_db - vh_db)], axis=-1)
 
 
-def write_quicklook(path: Path, panels: Sequence[tuple[str, np.ndarray]], *, title: str = "") -> Path:
-    """Write panels (title, image [H, W, 3] or [H, W]) side by side into one PNG at `path`."""
+def modality_panel(data: np.ndarray, valid: np.ndarray, bands: Sequence[str]) -> np.ndarray | None:
+    """A picture of one date of one modality: true colour when red/green/blue exist, VV/VH for SAR.
+
+    Args:
+        data: [C, H, W] values; valid: [H, W] bool; bands: C names.
+
+    Returns:
+        [H, W, 3] in [0, 1], or None when the bands allow neither picture.
+    """
+    names = list(bands)
+    for rgb in _RGB_NAMES:
+        if all(b in names for b in rgb):
+            chans = [np.where(valid, data[names.index(b)].astype(np.float64), np.nan) for b in rgb]
+            return np.stack([_stretch(c) for c in chans], axis=-1)
+    if "VV" in names and "VH" in names:
+        vv = np.where(valid, data[names.index("VV")].astype(np.float64), np.nan)
+        vh = np.where(valid, data[names.index("VH")].astype(np.float64), np.nan)
+        return sar_composite(vv, vh)
+    return None
+
+
+def write_quicklook(path: Path | BinaryIO, panels: Sequence[tuple[str, np.ndarray]], *,
+                    title: str = "") -> Path | BinaryIO:  # fmt: skip
+    """Write panels (title, image [H, W, 3] or [H, W]) side by side into one PNG (a path or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, (name, image) in zip(axes[0], panels, strict=True):
         ax.imshow(image, interpolation="nearest", cmap=None if image.ndim == 3 else "gray")
@@ -59,6 +85,6 @@ def write_quicklook(path: Path, panels: Sequence[tuple[str, np.ndarray]], *, tit
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return path

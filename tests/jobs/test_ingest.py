@@ -38,6 +38,8 @@ def test_ingest_into_a_local_store_and_rerun_skips_committed_shards(stack_env: d
                    for u in index["url"])  # fmt: skip
     assert stats["s2"]["B2"]["summary"]["count"] == valid_px  # merged per-shard stats = a full pass
     assert 0 < stats["s2"]["B2"]["summary"]["mean"] < 0.5 and stats["s1"]["VV"]["summary"]["max"] < 20
+    pngs = sorted((tmp_path / "ds" / "quicklooks").glob("*.png"))
+    assert 1 <= len(pngs) <= config.quicklooks and pngs[0].read_bytes()[:4] == b"\x89PNG"
     again = run_ingest(config, stac_url=stack_env["STAC_API_URL"], use_ray=False)
     assert again.manifest_version == first.manifest_version
     assert again.chips_written == 0 and again.shards_skipped == first.shards_written
