@@ -70,6 +70,14 @@ class SensorSpec:
             raise ValueError(f"{self.modality}: assets {self.assets} and bands {self.bands} must have the same length")
 
 
+def _when(item: pystac.Item) -> datetime:
+    """The item's datetime, or the start of its interval when the exact time is unknown (`datetime: null`)."""
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise ChipError(f"item {item.id} has neither datetime nor start_datetime")
+    return when
+
+
 def _baseline_offset(item: pystac.Item) -> float:
     """+1000 DN offset of Sentinel-2 products from processing baseline 04.00 (25 January 2022) on."""
     baseline = item.properties.get("s2:processing_baseline")
@@ -110,8 +118,7 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
     data = np.where(valid[:, None], data, np.float32(0)).astype(np.float32) if data.dtype.kind == "f" else data
     if spec.scale is None and not spec.to_db and raw.dtype == np.uint8:
         data = raw  # keep 8-bit imagery as it is
-    dates = np.array([np.datetime64(i.datetime.replace(tzinfo=None), "s") if i.datetime else np.datetime64("NaT")
-                      for i in items], dtype="datetime64[s]")  # fmt: skip
+    dates = np.array([np.datetime64(_when(i).replace(tzinfo=None), "s") for i in items], dtype="datetime64[s]")
     return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m), has_data
 
 
@@ -136,7 +143,7 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
         missing = [i for i in ids if i not in items]
         if missing:
             return Reject("missing_item", plan.chip_id, f"{modality} items {missing} are not in the manifest")
-        chosen = sorted((items[i] for i in ids), key=lambda it: (it.datetime or datetime.min, it.id))
+        chosen = sorted((items[i] for i in ids), key=lambda it: (_when(it), it.id))
         try:
             mod, has_data = _prepare(spec, chosen, plan, sign)
         except ChipError as err:
