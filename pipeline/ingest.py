@@ -173,8 +173,8 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        results = dataset.map(task, concurrency=config.concurrency, max_retries=config.max_retries,
-                              num_cpus=0.5).take_all()  # fmt: skip
+        results = dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
+                              max_retries=config.max_retries, num_cpus=0.5).take_all()  # fmt: skip
     else:
         results = [task(r) for r in rows]
     for result in results:

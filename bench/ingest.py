@@ -1,0 +1,118 @@
+"""Benchmark: the ingestion pipeline against the raw limit, on the Sentinel-2 L1C scene.
+
+Ingests the 41 MB L1C scene (`../shared/data/sentinel2-l1c-virginia`, served by a local STAC API) as 64x64 px
+chips of the 10 AnySat bands at 10 m, and measures in the same run the limit: the same windows read directly
+with rasterio (20 m bands resampled to 10 m, nearest) plus the same arrays encoded into sharded Zarr.
+Reports chips/s, MB/s and limit time / pipeline time for a plain process and 1 and 2 Ray workers.
+
+    python bench/ingest.py [--chip-px 64] [--chips-per-shard 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import from_bounds
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from infra.local.samples import SHARED_L1C_DIR, build_sample_catalogs  # noqa: E402
+from infra.local.stack import LocalStack, StackConfig  # noqa: E402
+from pipeline.config import IngestConfig, SensorSource  # noqa: E402
+from pipeline.grid import ChipGrid, plan_chips  # noqa: E402
+from pipeline.ingest import run_ingest  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.store import read_index, StoreLayout  # noqa: E402
+
+BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+
+def _limit(manifest_url: str, config: IngestConfig, out: Path) -> tuple[float, int, int]:
+    """Direct rasterio window reads + sharded Zarr encode of the same chips; returns (seconds, chips, bytes)."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    manifest = read_manifest(manifest_url)
+    plans, _ = plan_chips(manifest, grid=config.grid, area=config.bbox, required=("s2",))
+    item = manifest.items()[0]
+    start = time.perf_counter()
+    srcs = {b: rasterio.open(item.assets[b].href.removeprefix("file://")) for b in BANDS}
+    px = round(config.grid.chip_size_m / 10)
+    chips = []
+    for plan in plans:
+        chips.append(np.stack([srcs[b].read(1, window=from_bounds(*plan.bounds, transform=srcs[b].transform),
+                                            out_shape=(px, px), resampling=Resampling.nearest) for b in BANDS]))
+    arr = np.stack(chips)[:, None].astype(np.float32) * np.float32(1e-4)  # [N, T=1, C, H, W] reflectance
+    per = config.chips_per_shard
+    for s in range(0, len(arr), per):
+        part = arr[s : s + per]
+        z = zarr.create_array(str(out / f"shard-{s}.zarr"), shape=part.shape, dtype="float32",
+                              chunks=(1, *part.shape[1:]), shards=part.shape, compressors=ZstdCodec(level=3),
+                              zarr_format=3)  # fmt: skip
+        z[:] = part
+    seconds = time.perf_counter() - start
+    return seconds, len(plans), int(arr.nbytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chip-px", type=int, default=64)
+    parser.add_argument("--chips-per-shard", type=int, default=16)
+    args = parser.parse_args()
+    if not SHARED_L1C_DIR.is_dir():
+        print(f"the L1C scene is not present ({SHARED_L1C_DIR}); nothing to measure", file=sys.stderr)
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    files = build_sample_catalogs(work / "catalogs")
+    l1c = [p for p in files if p.parent.name == "sentinel-2-l1c"]
+    stack = LocalStack(StackConfig(state_dir=work / "stack", services=("stac",), stac_hrefs=tuple(l1c)))
+    env = stack.up()
+    try:
+        item = json.loads(l1c[1].read_text().splitlines()[0])
+        size = args.chip_px * 10.0
+        sensor = SensorSource("s2", "sentinel-2-l1c", {b: b for b in BANDS}, 10.0, max_dates=1, scale=1e-4, nodata=0)
+        rows = []
+        for label, use_ray, workers in (("process", False, 1), ("ray-1", True, 1), ("ray-2", True, 2)):
+            store = work / f"store-{label}"
+            config = IngestConfig(bbox=tuple(item["bbox"]), datetime="2015-01-01T00:00:00Z/2024-12-31T23:59:59Z",
+                                  sensors=(sensor,), grid=ChipGrid(size, align_m=10.0), store=str(store),
+                                  chips_per_shard=args.chips_per_shard, concurrency=workers, quicklooks=0)  # fmt: skip
+            if use_ray:
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()
+                ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+            start = time.perf_counter()
+            summary = run_ingest(config, stac_url=env["STAC_API_URL"], use_ray=use_ray)
+            seconds = time.perf_counter() - start
+            limit_s, n_chips, raw_bytes = _limit(next(iter(read_index(StoreLayout(str(store)))["url"])).rsplit(
+                "/shards/", 1)[0] + f"/manifests/{summary.manifest_version}.parquet", config, work / f"limit-{label}")
+            rows.append({"run": label, "chips": summary.chips_written, "seconds": round(seconds, 2),
+                         "chips_per_s": round(summary.chips_written / seconds, 1),
+                         "mb_per_s": round(raw_bytes / 2**20 / seconds, 1), "limit_seconds": round(limit_s, 2),
+                         "limit_over_pipeline": round(limit_s / seconds, 2)})  # fmt: skip
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    finally:
+        stack.down()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'run':<8} {'chips':>6} {'s':>7} {'chips/s':>8} {'MB/s':>6} {'limit s':>8} {'limit/pipeline':>15}")
+    for r in rows:
+        print(f"{r['run']:<8} {r['chips']:>6} {r['seconds']:>7} {r['chips_per_s']:>8} {r['mb_per_s']:>6} "
+              f"{r['limit_seconds']:>8} {r['limit_over_pipeline']:>15}")
+    print(json.dumps({"bench": "ingest", "machine": platform.machine(), "cpus": os.cpu_count(),
+                      "chip_px": args.chip_px, "chips_per_shard": args.chips_per_shard, "rows": rows}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
