@@ -160,7 +160,10 @@ def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
         "--disable-usage-stats",
     )  # fmt: skip
     dashboard = f"http://{HOST}:{ports['dashboard']}"
-    env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | {"RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth is switched on once any `ray.init()` has written ~/.ray/auth_token; the local head is
+    # loopback-only, so it runs without it (a shared cluster keeps it on).
+    env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | {"RAY_USAGE_STATS_ENABLED": "0",
+                                                              "RAY_AUTH_MODE": "disabled"}  # fmt: skip
     urls = {"RAY_ADDRESS": dashboard, "RAY_GCS_ADDRESS": f"{HOST}:{ports['gcs']}"}
     return ServiceSpec("ray", argv, env, f"{dashboard}/api/version", ports, 120.0, urls)
 

@@ -123,6 +123,7 @@ class LocalStack:
             }
         if "ray" in services:
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            env["RAY_AUTH_MODE"] = "disabled"  # clients of the loopback-only local head (see services.ray_spec)
         return env
 
     # -- public API ----------------------------------------------------------------------------------------
