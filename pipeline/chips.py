@@ -84,7 +84,10 @@ def _baseline_offset(item: pystac.Item) -> float:
     if baseline is None:
         when = item.datetime or datetime.fromisoformat("2000-01-01T00:00:00+00:00")
         return 1000.0 if when.date() >= datetime(2022, 1, 25).date() else 0.0
-    return 1000.0 if float(baseline) >= 4.0 else 0.0
+    try:
+        return 1000.0 if float(baseline) >= 4.0 else 0.0
+    except (TypeError, ValueError):
+        raise ChipError(f"item {item.id} has an unreadable s2:processing_baseline {baseline!r}") from None
 
 
 def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
@@ -122,9 +125,31 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
     return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m), has_data
 
 
+def _read_error_kind(message: str) -> str:
+    """Name the reason of a read failure from GDAL's / the loader's message."""
+    text = message.lower()
+    if "has no asset" in text:
+        return "missing_asset"
+    if "processing_baseline" in text:
+        return "bad_metadata"
+    if "no such file" in text or "404" in text or "does not exist" in text or "not found" in text:
+        return "href_not_found"
+    if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text:
+        return "corrupt_raster"
+    return "read_error"
+
+
+def _concat(mods: Sequence[ModalityArray]) -> ModalityArray:
+    if len(mods) == 1:
+        return mods[0]
+    return ModalityArray(np.concatenate([m.data for m in mods]), np.concatenate([m.valid for m in mods]),
+                         np.concatenate([m.dates for m in mods]), tuple(i for m in mods for i in m.item_ids),
+                         mods[0].bands, mods[0].res_m)  # fmt: skip
+
+
 def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping[str, SensorSpec], *,
-              sign: Callable[[str], str] | None = None) -> Chip | Reject:  # fmt: skip
-    """Read every modality of a planned chip.
+              sign: Callable[[str], str] | None = None) -> tuple[Chip | None, list[Reject]]:  # fmt: skip
+    """Read every modality of a planned chip, item by item, so that one bad item never sinks the others.
 
     Args:
         plan: The chip's grid cell and item ids per modality.
@@ -133,25 +158,35 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
         sign: Href signer applied right before each read (e.g. Planetary Computer).
 
     Returns:
-        The chip, or a `Reject` (`read_error`, `missing_item`, `all_nodata`, `fully_cloudy`) saying why not.
+        The chip (None when unusable) and the rejects, each with its reason: per item `missing_item`,
+        `missing_asset`, `href_not_found`, `corrupt_raster`, `read_error`, `all_nodata`, `fully_cloudy`; per chip
+        `no_usable_item` (a modality kept none of its items) or `no_modality`.
     """
     modalities: dict[str, ModalityArray] = {}
+    rejects: list[Reject] = []
     for modality, ids in plan.items.items():
         spec = sensors.get(modality)
         if spec is None:
             continue
-        missing = [i for i in ids if i not in items]
-        if missing:
-            return Reject("missing_item", plan.chip_id, f"{modality} items {missing} are not in the manifest")
-        chosen = sorted((items[i] for i in ids), key=lambda it: (_when(it), it.id))
-        try:
-            mod, has_data = _prepare(spec, chosen, plan, sign)
-        except ChipError as err:
-            return Reject("read_error", plan.chip_id, f"{modality}: {redact(str(err))}")
-        if not mod.valid.any():
-            kind = "fully_cloudy" if has_data else "all_nodata"
-            return Reject(kind, plan.chip_id, f"{modality} has no valid pixel in any of its {len(ids)} dates")
-        modalities[modality] = mod
+        rejects += [Reject("missing_item", i, f"{modality} item of chip {plan.chip_id} is not in the manifest")
+                    for i in ids if i not in items]  # fmt: skip
+        chosen = sorted((items[i] for i in ids if i in items), key=lambda it: (_when(it), it.id))
+        good = []
+        for item in chosen:
+            try:
+                mod, has_data = _prepare(spec, [item], plan, sign)
+            except ChipError as err:
+                rejects.append(Reject(_read_error_kind(str(err)), item.id, f"{modality}: {redact(str(err))}"))
+                continue
+            if not mod.valid.any():
+                kind = "fully_cloudy" if has_data else "all_nodata"
+                rejects.append(Reject(kind, item.id, f"{modality} has no valid pixel in chip {plan.chip_id}"))
+                continue
+            good.append(mod)
+        if not good:
+            rejects.append(Reject("no_usable_item", plan.chip_id, f"none of its {len(ids)} {modality} items is usable"))
+            return None, rejects
+        modalities[modality] = _concat(good)
     if not modalities:
-        return Reject("no_modality", plan.chip_id, "none of the chip's modalities is configured")
-    return Chip(plan.chip_id, plan.epsg, plan.bounds, plan.center_lon, plan.center_lat, modalities)
+        return None, rejects + [Reject("no_modality", plan.chip_id, "none of the chip's modalities is configured")]
+    return Chip(plan.chip_id, plan.epsg, plan.bounds, plan.center_lon, plan.center_lat, modalities), rejects

@@ -112,6 +112,9 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
         if when is None:
             rejects.append(Reject("no_datetime", row.item_id, "the item has no usable datetime"))
             continue
+        if row.epsg is None or (isinstance(row.epsg, float) and math.isnan(row.epsg)) or str(row.epsg) == "<NA>":
+            rejects.append(Reject("no_crs", row.item_id, "the item declares no proj:code or proj:epsg"))
+            continue
         if time_range is not None and not (time_range[0] <= when <= time_range[1]):
             rejects.append(Reject("dates_out_of_range", row.item_id, f"{row.datetime} is outside {time_range}"))
             continue

@@ -77,8 +77,10 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, pl
         chips: list[Chip] = []
         rejects: list[Reject] = []
         for chip_id in chip_ids:
-            result = load_chip(plans[chip_id], items, sensors, sign=sign)
-            (chips if isinstance(result, Chip) else rejects).append(result)  # type: ignore[arg-type]
+            chip, chip_rejects = load_chip(plans[chip_id], items, sensors, sign=sign)
+            rejects += chip_rejects
+            if chip is not None:
+                chips.append(chip)
         info = None
         if chips:
             info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": manifest.version},

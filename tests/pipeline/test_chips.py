@@ -43,8 +43,8 @@ def test_s2_and_s1_chip_equals_rasterio_reads(catalog_files) -> None:
     t = s2_item.assets["B02"].extra_fields["proj:transform"]
     bounds = (t[2] + 120, t[5] - 600, t[2] + 600, t[5] - 120)  # 480 m, offset from the patch corner
     plan = ChipPlan("c", 32633, bounds, 0.0, 0.0, {"s2": (s2_item.id,), "s1": (s1_item.id,)})
-    chip = load_chip(plan, s2 | s1, {"s2": S2, "s1": S1})
-    assert isinstance(chip, Chip)
+    chip, rejects = load_chip(plan, s2 | s1, {"s2": S2, "s1": S1})
+    assert isinstance(chip, Chip) and rejects == []
     got = chip.modalities["s2"]
     assert got.data.shape == (1, 3, 48, 48) and got.bands == ("B2", "B5", "B11")
     for c, key in enumerate(("B02", "B05", "B11")):  # B05 and B11 are 20 m bands on the 10 m grid
@@ -63,7 +63,7 @@ def test_baseline_04_offset_is_removed(catalog_files) -> None:
     t = item.assets["B02"].extra_fields["proj:transform"]
     bounds = (t[2], t[5] - 100, t[2] + 100, t[5])
     plan = ChipPlan("c", 32633, bounds, 0.0, 0.0, {"s2": (item.id,)})
-    chip = load_chip(plan, {item.id: item}, {"s2": S2})
+    chip, _ = load_chip(plan, {item.id: item}, {"s2": S2})
     assert isinstance(chip, Chip)
     np.testing.assert_allclose(chip.modalities["s2"].data[0, 0],
                                (_read(item, "B02", bounds, 10.0)[0].astype(np.float32) - 1000) * np.float32(1e-4))
@@ -74,7 +74,7 @@ def test_aerial_tile_at_01_m(catalog_files) -> None:
     t = item.assets["image"].extra_fields["proj:transform"]
     bounds = (t[2] + 10, t[5] - 30, t[2] + 30, t[5] - 10)
     plan = ChipPlan("c", 32617, bounds, 0.0, 0.0, {"aerial": ("OSBS_029",)})
-    chip = load_chip(plan, {"OSBS_029": item}, {"aerial": AERIAL})
+    chip, _ = load_chip(plan, {"OSBS_029": item}, {"aerial": AERIAL})
     assert isinstance(chip, Chip)
     assert chip.modalities["aerial"].data.dtype == np.uint8
     np.testing.assert_array_equal(chip.modalities["aerial"].data[0], _read(item, "image", bounds, 0.1))
@@ -87,20 +87,22 @@ def test_landsat_cloud_bits_become_invalid_and_cloudy_chips_are_rejected(catalog
     t = clear.assets["red"].extra_fields["proj:transform"]
     bounds = (t[2], t[5] - 1800, t[2] + 1800, t[5])
     plan = ChipPlan("c", 32613, bounds, 0.0, 0.0, {"landsat": (clear.id, cloudy.id)})
-    chip = load_chip(plan, ls, {"landsat": LANDSAT})
+    chip, rejects = load_chip(plan, ls, {"landsat": LANDSAT})
     assert isinstance(chip, Chip)
+    assert [(r.kind, r.subject) for r in rejects] == [("fully_cloudy", cloudy.id)]  # dropped, the clear date kept
     mod = chip.modalities["landsat"]
-    qa = np.stack([_read(i, "qa_pixel", bounds, 30.0)[0] for i in sorted((clear, cloudy), key=lambda i: i.datetime)])
+    assert mod.item_ids == (clear.id,)
+    qa = _read(clear, "qa_pixel", bounds, 30.0)[0][None]
     expected_valid = ((qa & 0b11001) == 0)
     np.testing.assert_array_equal(mod.valid, expected_valid)
     red = _read(clear, "red", bounds, 30.0)[0].astype(np.float32)
-    idx = 0 if clear.datetime < cloudy.datetime else 1
+    idx = 0
     np.testing.assert_allclose(mod.data[idx, 0][mod.valid[idx]], (red * np.float32(2.75e-5) - np.float32(0.2))[mod.valid[idx]],
                                atol=1e-6)  # fmt: skip
-    only_cloudy = load_chip(ChipPlan("d", 32613, bounds, 0.0, 0.0, {"landsat": (cloudy.id,)}), ls,
-                            {"landsat": LANDSAT})  # fmt: skip
+    only_cloudy, rejects = load_chip(ChipPlan("d", 32613, bounds, 0.0, 0.0, {"landsat": (cloudy.id,)}), ls,
+                                     {"landsat": LANDSAT})  # fmt: skip
     assert cloudy.properties["eo:cloud_cover"] == 100.0  # the sample series has a fully cloudy date
-    assert isinstance(only_cloudy, Reject) and only_cloudy.kind == "fully_cloudy"
+    assert only_cloudy is None and [r.kind for r in rejects] == ["fully_cloudy", "no_usable_item"]
 
 
 def test_unreadable_and_missing_inputs_become_rejects(catalog_files) -> None:
@@ -109,9 +111,11 @@ def test_unreadable_and_missing_inputs_become_rejects(catalog_files) -> None:
     item.assets["B02"].href = "https://sentinel2l2a01.blob.core.windows.net/x/B02.tif?sig=SECRET"
     t = item.assets["B05"].extra_fields["proj:transform"]
     plan = ChipPlan("c", 32633, (t[2], t[5] - 100, t[2] + 100, t[5]), 0.0, 0.0, {"s2": (item.id,)})
-    reject = load_chip(plan, {item.id: item}, {"s2": S2}, sign=lambda h: h.replace("https://", "file:///nonexistent/"))
-    assert isinstance(reject, Reject) and reject.kind == "read_error" and "SECRET" not in reject.reason
-    missing = load_chip(plan, {}, {"s2": S2})
-    assert isinstance(missing, Reject) and missing.kind == "missing_item"
+    chip, rejects = load_chip(plan, {item.id: item}, {"s2": S2},
+                              sign=lambda h: h.replace("https://", "file:///nonexistent/"))  # fmt: skip
+    assert chip is None and rejects[0].kind == "href_not_found" and rejects[0].subject == item.id
+    assert all("SECRET" not in r.reason for r in rejects)
+    chip, rejects = load_chip(plan, {}, {"s2": S2})
+    assert chip is None and [r.kind for r in rejects] == ["missing_item", "no_usable_item"]
     with pytest.raises(ValueError, match="same length"):
         SensorSpec("s2", ("B02",), ("B2", "B3"), 10.0)
