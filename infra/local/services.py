@@ -64,11 +64,12 @@ class ServiceSpec:
 
 def free_port(*, exclude: Sequence[int] = ()) -> int:
     """Return a TCP port on 127.0.0.1 that is free now (the OS picks it), avoiding `exclude`."""
+    excluded = set(exclude)
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((HOST, 0))
             port = int(sock.getsockname()[1])
-        if port not in exclude:
+        if port not in excluded:
             return port
 
 
@@ -133,14 +134,15 @@ def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
     `ray start --block` keeps the launching process alive as the parent of the head's processes, so the stack
     can stop exactly this head by its PID instead of `ray stop`, which stops every Ray process on the machine.
     """
-    taken = list(exclude)
+    worker_low = 20000 + int(hashlib.sha1(str(state_dir).encode()).hexdigest()[:4], 16) % 20000
+    # component ports must stay out of the workers' range, which the OS's ephemeral ports overlap
+    taken = set(exclude) | set(range(worker_low, worker_low + 1000))
     names = ("gcs", "dashboard", "client", "object_manager", "node_manager", "agent_http", "agent_grpc",
              "runtime_env", "metrics")  # fmt: skip
     ports: dict[str, int] = {}
     for name in names:
-        ports[name] = free_port(exclude=taken)
-        taken.append(ports[name])
-    worker_low = 20000 + int(hashlib.sha1(str(state_dir).encode()).hexdigest()[:4], 16) % 20000
+        ports[name] = free_port(exclude=tuple(taken))
+        taken.add(ports[name])
     argv = (
         _bin("ray"), "start", "--head", "--block",
         "--node-ip-address", HOST,
