@@ -8,6 +8,7 @@ module) and whose `encoder` artifact is the directory `AnySat.save` writes (`mod
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def register_encoder(encoder_dir: str | Path, *, name: str, tracking_uri: str, r
     if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} must hold model.safetensors and config.json (written by AnySat.save)")
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory(prefix="anysat-register-") as tmp, mlflow.start_run(run_id=run_id):
+        staged = Path(tmp) / "encoder"  # the artifact keeps this name: <model>/artifacts/encoder/
+        staged.mkdir()
+        for part in ("model.safetensors", "config.json"):
+            shutil.copy2(src / part, staged / part)
         info = mlflow.pyfunc.log_model(name="encoder", python_model=str(_PACKAGE / "pyfunc.py"),
-                                       artifacts={"encoder": str(src)}, code_paths=[str(_PACKAGE)],
+                                       artifacts={"encoder": str(staged)}, code_paths=[str(_PACKAGE)],
                                        pip_requirements=_REQUIREMENTS, registered_model_name=name)  # fmt: skip
     version = int(info.registered_model_version)
     MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, str(version))
