@@ -50,7 +50,7 @@ def register_encoder(encoder_dir: str | Path, *, name: str, tracking_uri: str, r
                                        artifacts={"encoder": str(staged)}, code_paths=[str(_PACKAGE)],
                                        pip_requirements=_REQUIREMENTS, registered_model_name=name)  # fmt: skip
     version = int(info.registered_model_version)
-    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(name, alias, str(version))
+    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias, str(version))
     return version
 
 
@@ -77,14 +77,23 @@ def from_registry(uri: str, *, tracking_uri: str | None = None, map_location: st
         ValueError: `uri` is not a `models:/` URI.
         FileNotFoundError: The model has no `encoder` artifact (it was not registered by `register_encoder`).
     """
-    if not uri.startswith("models:/"):
-        raise ValueError(f"expected a registry URI like 'models:/<name>@champion', got {uri!r}")
+    name, sep, alias = uri.removeprefix("models:/").partition("@")
+    version = ""
+    if not sep:
+        name, _, version = name.partition("/")
+    if not uri.startswith("models:/") or not name or not (alias or version.isdigit()):
+        raise ValueError(f"expected a registry URI like 'models:/<name>@champion' or 'models:/<name>/3', got {uri!r}")
     import mlflow
+    from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if alias:
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    source = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="anysat-registry-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri))
         found = sorted(local.rglob("artifacts/encoder/config.json"))
         if not found:
-            raise FileNotFoundError(f"{uri} holds no artifacts/encoder/config.json; register models with "
-                                    "anysat.registry.register_encoder")  # fmt: skip
+            raise FileNotFoundError(f"{uri} (version {version}) holds no artifacts/encoder/config.json; register "
+                                    "models with anysat.registry.register_encoder")  # fmt: skip
         return AnySat.load(found[0].parent, map_location=map_location)
