@@ -50,7 +50,8 @@ def register_encoder(encoder_dir: str | Path, *, name: str, tracking_uri: str, r
                                        artifacts={"encoder": str(staged)}, code_paths=[str(_PACKAGE)],
                                        pip_requirements=_REQUIREMENTS, registered_model_name=name)  # fmt: skip
     version = int(info.registered_model_version)
-    MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(name, alias, str(version))
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_registered_model_alias(name, alias, str(version))
     return version
 
 
@@ -59,7 +60,7 @@ def promote(name: str, *, tracking_uri: str, version: int | None = None, alias: 
     """Point `alias` at `version` (default: the version `source_alias` points at); returns that version."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if version is None:
         version = int(client.get_model_version_by_alias(name, source_alias).version)
     client.get_model_version(name, str(version))  # raises a clear "not found" for a missing version
