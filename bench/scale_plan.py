@@ -5,7 +5,7 @@ public facts and estimates, each explained with its source in docs/SCALING.md. R
 own measurements (e.g. `--s2-mb-s-per-core` from `python bench/ingest.py` on your nodes, `--samples-per-s-per-gpu`
 from a training run) and the plan follows. Prints a table and one JSON line.
 
-    python bench/scale_plan.py [--area-km2 10.2e6] [--ingest-nodes 16] [--samples-seen 200e6] ...
+    python bench/scale_plan.py [--area-km2 10.2e6] [--ingest-nodes 16] [--samples-seen 100e6] ...
     python bench/scale_plan.py --measure-store out/some-dataset   # compression, bytes and objects per shard
 
 Model, in short (docs/SCALING.md has the reasoning):
@@ -66,8 +66,8 @@ class PlanInputs:
     store_put_limit_per_s: float = 3_500  # S3, per prefix
     store_get_limit_per_s: float = 5_500  # S3, per prefix
     # training (no training benchmark yet: estimates)
-    samples_seen: float = 200e6
-    samples_per_s_per_gpu: float = 60
+    samples_seen: float = 100e6
+    samples_per_s_per_gpu: float = 25
     train_hours: float = 72
     gpus_per_node: int = 1
     get_requests_per_sample: float = 4  # data + valid per modality, one inner chunk each

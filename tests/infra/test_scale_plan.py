@@ -55,7 +55,7 @@ def test_gpus_follow_the_budget() -> None:
 
 
 def test_the_bottleneck_moves_from_compute_to_a_shared_limit_as_nodes_grow() -> None:
-    rows = _plan("--source-request-limit-per-s", "1000")["scaling"]
+    rows = _plan("--source-request-limit-per-s", "1000", "--store-get-limit-per-s", "1000")["scaling"]
     walls = [r["ingest_wall_h"] for r in rows]
     assert all(b <= a for a, b in zip(walls, walls[1:], strict=False))
     assert rows[0]["ingest_bound"] == "compute" and rows[-1]["ingest_bound"] == "source request limit"
