@@ -6,7 +6,7 @@ stand in for two machines; the session stack gives the STAC API and the S3 serve
 in which the cluster's processes were also started. Ray's own session files (logs, sockets, spilled objects) live
 in the Ray temp dir, as on any Ray node; the pipeline writes nothing to local disk.
 
-Pretraining on the same cluster is added once jobs/pretrain.py exists (see docs/CLUSTER.md).
+Pretraining on the same cluster is added once jobs/pretrain.py exists (see docs/SCALING.md).
 """
 
 from __future__ import annotations
