@@ -7,6 +7,7 @@ launcher's schema shipped inside the installed ray package; nothing is fetched.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import pytest
 import ray
 import yaml
 
-from pipeline.config import IngestConfig, load_config
+from pipeline.config import load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
@@ -167,6 +168,21 @@ def _job_commands() -> Iterator[tuple[str, list[str]]]:
 JOB_COMMANDS = dict(_job_commands())
 
 
+def _job_config_class(script: str) -> type:
+    """`<Job>Config` of `jobs/<job>.py`, imported as the script runs (its folder first on sys.path)."""
+    name = Path(script).stem
+    sys.path.insert(0, str(ROOT / "jobs"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_job_{name}", ROOT / script)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # the config loader resolves type hints through the module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    return getattr(module, f"{name.title().replace('_', '')}Config")
+
+
 def _job_flags(script: str) -> set[str]:
     """The options a job accepts, from its own `--help`."""
     out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
@@ -192,12 +208,13 @@ def test_job_command_is_the_local_command(where: str) -> None:
     assert (ROOT / argv[1]).is_file()
     config = argv[argv.index("--config") + 1]
     assert config.startswith("configs/") and (ROOT / config).is_file(), f"{where}: {config} is not in configs/"
-    if argv[1] == "jobs/ingest.py":  # the overrides are real keys of the job's config, as the job checks them
-        env = MANIFESTS["env-configmap.yaml#0:ConfigMap"]["data"]
-        overrides = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], argv[i + 1])
-                     for i, a in enumerate(argv) if a == "--set"]  # fmt: skip
-        loaded = load_config(IngestConfig, ROOT / config, overrides)
-        assert loaded.store.startswith("s3://"), "cluster runs keep every intermediate on object storage"
+    # the overrides are real keys of the job's own config class, loaded as the job loads them
+    env = MANIFESTS["env-configmap.yaml#0:ConfigMap"]["data"]
+    overrides = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], argv[i + 1])
+                 for i, a in enumerate(argv) if a == "--set"]  # fmt: skip
+    loaded = to_dict(load_config(_job_config_class(argv[1]), ROOT / config, overrides))
+    locations = [v for k, v in _strings(loaded) if k in ("store", "url", "storage")]
+    assert locations and all(v.startswith("s3://") for v in locations), f"{where}: {locations} not all on s3://"
     used = {a.split("=")[0] for a in argv[2:] if a.startswith("--")}
     missing = used - _job_flags(argv[1])
     if missing == {"--incremental"}:
