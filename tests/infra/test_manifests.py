@@ -217,8 +217,6 @@ def test_job_command_is_the_local_command(where: str) -> None:
     assert locations and all(v.startswith("s3://") for v in locations), f"{where}: {locations} not all on s3://"
     used = {a.split("=")[0] for a in argv[2:] if a.startswith("--")}
     missing = used - _job_flags(argv[1])
-    if missing == {"--incremental"}:
-        pytest.skip("--incremental (incremental ingestion) has not landed in jobs/ingest.py yet")
     assert not missing, f"{where} passes {sorted(missing)}, which {argv[1]} does not accept"
 
 
