@@ -11,6 +11,7 @@ Pretraining on the same cluster is added once jobs/pretrain.py exists (see docs/
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: tuple[Clus
         [sys.executable, str(ROOT / "jobs" / "ingest.py"), "--config", str(ROOT / "configs" / "ingest-demo.yaml"),
          "--set", f"store={store}", "--set", "chips_per_shard=1"],
         cwd=workdir, capture_output=True, text=True, timeout=600,
-        env={**dict(__import__("os").environ), "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
