@@ -61,21 +61,23 @@ def two_nodes(stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.Mon
     Path(temp_dir, "ray").mkdir()
     gcs, dashboard, client, metrics, agent, agent_grpc, runtime_env, w_metrics, w_agent_grpc, w_runtime_env = (
         _ports(10))  # fmt: skip
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "node_ip_address": "127.0.0.1", "gcs_server_port": gcs, "num_cpus": 1, "temp_dir": temp_dir,
-        "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
-        "ray_client_server_port": client, "metrics_export_port": metrics, "dashboard_agent_listen_port": agent,
-        "metrics_agent_port": agent_grpc, "runtime_env_agent_port": runtime_env,
-        "object_store_memory": 200 * 1024**2,
-    })  # fmt: skip
+    cluster = None
     try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "node_ip_address": "127.0.0.1", "gcs_server_port": gcs, "num_cpus": 1, "temp_dir": temp_dir,
+            "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
+            "ray_client_server_port": client, "metrics_export_port": metrics, "dashboard_agent_listen_port": agent,
+            "metrics_agent_port": agent_grpc, "runtime_env_agent_port": runtime_env,
+            "object_store_memory": 200 * 1024**2,
+        })  # fmt: skip
         cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, object_store_memory=200 * 1024**2,
                          metrics_export_port=w_metrics, metrics_agent_port=w_agent_grpc,
                          runtime_env_agent_port=w_runtime_env)  # fmt: skip
         cluster.wait_for_nodes()
         yield cluster, workdir, dashboard
     finally:
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
