@@ -28,7 +28,8 @@ from pipeline.batches import BandNorm, Sample, collate, read_norms, read_shard_s
 from pipeline.errors import PipelineError, StoreError
 from pipeline.store import StoreLayout, read_index
 
-__all__ = ["DatasetSource", "LoaderConfig", "ResolvedDataset", "iter_batches", "read_stats", "resolve_dataset"]
+__all__ = ["DatasetSource", "LoaderConfig", "ResolvedDataset", "iter_batches", "patch_sizes_for", "read_stats",
+           "resolve_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,22 @@ class ResolvedDataset:
     keys: Mapping[str, str]
     norms: Mapping[str, BandNorm]
     patch_sizes_m: tuple[int, ...]
+    extent_m: float
 
 
 def read_stats(url: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Normalisation statistics of one dataset: `{group: {band: {count, mean, std, min, max, p1…p99}}}`."""
     raw = read_stats_json(url, storage_options=storage_options)
     return {group: {band: dict(entry["summary"]) for band, entry in bands.items()} for group, bands in raw.items()}
+
+
+def patch_sizes_for(extent_m: float, patch_sizes_m: tuple[int, ...], *, what: str) -> tuple[int, ...]:
+    """The patch sizes that divide a tile extent (metres); none is an error naming `what`."""
+    sizes = tuple(p for p in patch_sizes_m if abs(extent_m / p - round(extent_m / p)) < 1e-6)
+    if not sizes:
+        raise StoreError(f"no patch size in {patch_sizes_m} divides the {extent_m:g} m tiles of {what}; add a "
+                         f"divisor of {extent_m:g} to patch_sizes_m")  # fmt: skip
+    return sizes
 
 
 def resolve_dataset(source: DatasetSource, config: LoaderConfig, *, index: int = 0,
@@ -131,12 +142,9 @@ def resolve_dataset(source: DatasetSource, config: LoaderConfig, *, index: int =
     keys = dict(source.modalities) or {g: g for g in sorted(stats)}
     urls = tuple(str(u) for u in frame["url"])
     extent_m, bands = shard_extent_m(urls[0], list(keys), storage_options=storage_options)
-    sizes = [p for p in config.patch_sizes_m if abs(extent_m / p - round(extent_m / p)) < 1e-6]
-    if not sizes:
-        raise StoreError(f"no patch size in {config.patch_sizes_m} divides the {extent_m:g} m tiles of "
-                         f"{source.url}; add a divisor of {extent_m:g} to patch_sizes_m")  # fmt: skip
+    sizes = patch_sizes_for(extent_m, config.patch_sizes_m, what=source.url)
     return ResolvedDataset(index, source, urls, tuple(int(n) for n in frame["n_chips"]), keys,
-                           read_norms(stats, bands), tuple(sizes))  # fmt: skip
+                           read_norms(stats, bands), tuple(sizes), extent_m)  # fmt: skip
 
 
 def buffered_shuffle(items: list[Any], buffer: int, rng: np.random.Generator) -> list[Any]:
