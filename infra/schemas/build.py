@@ -7,9 +7,9 @@ of one release, converted to JSON schema (see `crd_to_json_schema`).
 
 Usage:
     pip download --no-deps kubernetes-validate==1.37.0 && unzip kubernetes_validate-1.37.0-*.whl -d kv
-    git -C kuberay show v1.7.0:ray-operator/config/crd/bases/ray.io_rayclusters.yaml > rayclusters.yaml  # and rayjobs
+    git -C kuberay show v1.7.0:ray-operator/config/crd/bases/ray.io_rayclusters.yaml > rayclusters.yaml  # rayjobs, raycronjobs
     python infra/schemas/build.py --k8s kv/kubernetes_validate/kubernetes-json-schema/v1.37.0-local-strict \\
-        --crd rayclusters.yaml --crd rayjobs.yaml
+        --crd rayclusters.yaml --crd rayjobs.yaml --crd raycronjobs.yaml
 """
 
 from __future__ import annotations

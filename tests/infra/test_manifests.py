@@ -40,20 +40,22 @@ SCHEMA_FILES = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "k8s/rolebinding-rbac-v1.json",
     ("ray.io/v1", "RayCluster"): "kuberay/raycluster-ray-v1.json",
     ("ray.io/v1", "RayJob"): "kuberay/rayjob-ray-v1.json",
+    ("ray.io/v1", "RayCronJob"): "kuberay/raycronjob-ray-v1.json",
 }
 
 
 def _manifests() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every Kubernetes object in infra/k8s, plus the RayJob templates embedded in ConfigMaps."""
-    for path in sorted(K8S.glob("*.yaml")):
+    """Every Kubernetes object in infra/k8s (optional/ too), plus the RayJob templates embedded in ConfigMaps."""
+    for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
+        name = path.relative_to(K8S).as_posix()
         for i, doc in enumerate(d for d in yaml.safe_load_all(path.read_text()) if d):
-            yield f"{path.name}#{i}:{doc['kind']}", doc
+            yield f"{name}#{i}:{doc['kind']}", doc
             if doc["kind"] == "ConfigMap":
                 for key, text in doc.get("data", {}).items():
                     if key.endswith(".yaml"):
-                        yield f"{path.name}#{i}:{key}", yaml.safe_load(text)
+                        yield f"{name}#{i}:{key}", yaml.safe_load(text)
 
 
 MANIFESTS = dict(_manifests())
@@ -81,7 +83,7 @@ def test_manifest_validates_against_its_schema(name: str) -> None:
 
 def test_every_kind_is_present_and_kustomization_lists_the_standing_manifests() -> None:
     kinds = {doc["kind"] for doc in MANIFESTS.values()}
-    assert {"RayCluster", "RayJob", "CronJob", "Deployment", "Service"} <= kinds
+    assert {"RayCluster", "RayJob", "CronJob", "Deployment", "Service", "RayCronJob"} <= kinds
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     standing = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     runs = {p for p in standing if all(d["kind"] == "RayJob" for d in yaml.safe_load_all((K8S / p).read_text()))}
@@ -154,8 +156,9 @@ def test_one_project_image_built_with_the_pinned_torch_and_ray() -> None:
 def _job_commands() -> Iterator[tuple[str, list[str]]]:
     """(where, argv) of every `python jobs/<name>.py ...` command in the manifests and the launcher config."""
     for name, doc in MANIFESTS.items():
-        if doc["kind"] == "RayJob":
-            yield name, shlex.split(doc["spec"]["entrypoint"])
+        if doc["kind"] in ("RayJob", "RayCronJob"):
+            spec = doc["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else doc["spec"]
+            yield name, shlex.split(spec["entrypoint"])
     for type_name, node_type in yaml.safe_load(LAUNCHER.read_text())["available_node_types"].items():
         for command in node_type.get("initialization_commands", []):
             if "jobs/" in command:
@@ -240,7 +243,7 @@ SECRET_VALUES = re.compile(r"AKIA[0-9A-Z]{16}|://[^/\s:@]+:[^/\s@]+@|BEGIN [A-Z 
 
 
 def test_no_secret_values_in_any_yaml() -> None:
-    files = sorted(K8S.glob("*.yaml")) + [LAUNCHER]
+    files = sorted(K8S.rglob("*.yaml")) + [LAUNCHER]
     found = []
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):
