@@ -261,3 +261,11 @@ def test_the_secret_check_catches_an_inline_secret() -> None:
     leaky = {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}], "uri": "postgresql://u:pw@db:5432/m"}
     hits = [(k, v) for k, v in _strings(leaky) if SECRETISH.search(k) or SECRET_VALUES.search(v)]
     assert {k for k, _ in hits} == {"AWS_SECRET_ACCESS_KEY", "uri"}
+
+
+def test_both_schedules_run_the_same_rayjob_spec() -> None:
+    cron_template = MANIFESTS["ingest-schedule.yaml#3:rayjob.yaml"]["spec"]
+    raycronjob = MANIFESTS["optional/raycronjob-ingest.yaml#0:RayCronJob"]["spec"]
+    cronjob = MANIFESTS["ingest-schedule.yaml#4:CronJob"]["spec"]
+    assert raycronjob["jobTemplate"] == cron_template
+    assert (raycronjob["schedule"], raycronjob["timeZone"]) == (cronjob["schedule"], cronjob["timeZone"])
