@@ -41,6 +41,10 @@ class ModelSpec:
     grad_checkpointing: bool = False
     ltae_chunk_pixels: int = 512
 
+    def anysat(self) -> AnySatConfig:
+        """The `AnySatConfig` this spec describes (validated)."""
+        return AnySatConfig.from_dict({**to_dict(self), "modalities": list(self.modalities)})
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -68,35 +72,23 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
-class _File:  # the YAML layout; `model` becomes an AnySatConfig
+class PretrainConfig:
+    """A pretraining job: the model (`model.anysat()` is its AnySatConfig), the JEPA recipe, the data, the
+    optimisation and the run. Validated on construction: the data's model keys must be modalities of the model."""
+
     data: LoaderConfig
     model: ModelSpec = field(default_factory=ModelSpec)
     jepa: JepaConfig = field(default_factory=JepaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunSettings = field(default_factory=RunSettings)
 
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """A pretraining job: the model, the JEPA recipe, the data, the optimisation and the run."""
-
-    model: AnySatConfig
-    jepa: JepaConfig
-    data: LoaderConfig
-    optim: OptimConfig
-    run: RunSettings
-
-
-def load(path: str | Path, overrides: list[str]) -> PretrainConfig:
-    """Build and validate the config (model keys of the data must be modalities of the model)."""
-    f = load_config(_File, path, overrides)
-    model = AnySatConfig.from_dict({**to_dict(f.model), "modalities": list(f.model.modalities)})
-    known = {m.key for m in model.modalities}
-    for src in f.data.datasets:
-        unknown = sorted(set(src.modalities.values()) - known)
-        if unknown:
-            raise ValueError(f"dataset {src.name}: model keys {unknown} are not among model.modalities {sorted(known)}")
-    return PretrainConfig(model, f.jepa, f.data, f.optim, f.run)
+    def __post_init__(self) -> None:
+        known = {m.key for m in self.model.anysat().modalities}
+        for src in self.data.datasets:
+            unknown = sorted(set(src.modalities.values()) - known)
+            if unknown:
+                raise ValueError(f"dataset {src.name}: model keys {unknown} are not among model.modalities "
+                                 f"{sorted(known)}; add them to model.modalities or map other store groups")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load(args.config, args.overrides)
+        cfg = load_config(PretrainConfig, args.config, args.overrides)
         if args.no_ray and cfg.run.storage.startswith("s3://"):
             raise ValueError("--no-ray writes checkpoints to a local run.storage; use Ray for s3:// storage")
         dataset_params, stats = wiring.dataset_facts(cfg.data)

@@ -86,7 +86,7 @@ def storage_fs(storage: str) -> tuple[Any, str]:
 
 def _build_trainer(cfg: PretrainConfig, *, rank: int, device: torch.device) -> Trainer:
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    jepa = Jepa(AnySat(cfg.model), dataclasses.replace(cfg.jepa, seed=cfg.jepa.seed + rank)).to(device)
+    jepa = Jepa(AnySat(cfg.model.anysat()), dataclasses.replace(cfg.jepa, seed=cfg.jepa.seed + rank)).to(device)
     return Trainer(jepa, cfg.optim, device=device)
 
 
@@ -158,7 +158,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipeline.loader import ray_batches
+    from pipeline.ray_loader import ray_batches
 
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
@@ -197,7 +197,7 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipeline.loader import ray_datasets
+    from pipeline.ray_loader import ray_datasets
 
     address = os.environ.get("RAY_ADDRESS", "")
     if address.startswith("http"):  # a dashboard URL (for `ray job submit`) is not a cluster address
