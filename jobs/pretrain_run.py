@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def dataset_facts(data: LoaderConfig) -> tuple[dict[str, str], dict[str, Any]]:
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if (p / "state.json").is_file()]
+    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if re.fullmatch(rf"{CKPT_PREFIX}\d+", p.name)]
     return sorted(found, key=lambda p: read_state(p)["state"]["step"])
 
 
@@ -68,7 +69,7 @@ def existing_checkpoint(cfg: PretrainConfig) -> str | None:
 
     run_dir = f"{path.rstrip('/')}/{cfg.run.name}"
     infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if i.base_name.startswith(CKPT_PREFIX) and not i.base_name.endswith(".tmp"))
+    names = sorted(i.base_name for i in infos if re.fullmatch(rf"{CKPT_PREFIX}\d+", i.base_name))
     return f"{run_dir}/{names[-1]}" if names else None
 
 
@@ -104,7 +105,9 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in)", rank, restore, state.step,
                  state.epoch, state.batches_in_epoch)  # fmt: skip
     if world > 1:
-        trainer.forward = wrap_ddp(trainer.jepa, device)
+        keys = [set(src.modalities.values()) if src.modalities else None for src in cfg.data.datasets]
+        known = None if None in keys else [k for k in keys if k is not None]
+        trainer.forward = wrap_ddp(trainer.jepa, device, batch_keys=known)
     tracker = Tracker(tracking[0], run_id=tracking[1]) if rank == 0 and tracking[1] else None
     last: dict[str, StepReport] = {}
 
@@ -155,6 +158,7 @@ def run_plain(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, 
 # -- Ray Train path ----------------------------------------------------------------------------------------------
 def _ray_worker(loop_config: dict[str, Any]) -> None:
     """`train_loop_per_worker`: restore from Ray's latest checkpoint (after a failure) or `--resume`'s, then train."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -163,6 +167,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    log.info("rank %d of %d on node %s", rank, world, ray.get_runtime_context().get_node_id())
     shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
 
     def batches_for(epoch: int, skip: int) -> Iterable[Mapping[str, Any]]:

@@ -18,13 +18,22 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def wrap_ddp(jepa: Jepa, device: torch.device | str = "cpu") -> DistributedDataParallel:
+def wrap_ddp(jepa: Jepa, device: torch.device | str = "cpu", *, batch_keys: list[set[str]] | None = None,
+             ) -> DistributedDataParallel:  # fmt: skip
     """`DistributedDataParallel` over `jepa`: rank 0's weights are broadcast, gradients all-reduced.
 
-    `find_unused_parameters=True` because a batch only reaches the projectors of its own modalities (one
-    dataset per batch) and the modality-mask token only with two or more modalities. The EMA target has no
-    gradient; it stays identical across ranks because every rank applies the same update to identical students.
+    Args:
+        jepa: The module to wrap.
+        device: Its device.
+        batch_keys: The model keys each dataset's batches carry, if known. Unless every batch reaches every
+            projector and the modality-mask token (all model modalities, at least two), DDP must look for
+            unused parameters (`find_unused_parameters=True`, an extra graph traversal per step); None = assume so.
+
+    The EMA target has no gradient; it stays identical across ranks because every rank applies the same update
+    to identical students.
     """
     dev = torch.device(device)
     ids = [dev.index] if dev.type == "cuda" and dev.index is not None else None
-    return DistributedDataParallel(jepa, device_ids=ids, find_unused_parameters=True)
+    model_keys = {m.key for m in jepa.student.config.modalities}
+    all_used = batch_keys is not None and len(model_keys) >= 2 and all(k == model_keys for k in batch_keys)
+    return DistributedDataParallel(jepa, device_ids=ids, find_unused_parameters=not all_used)
