@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import torch
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=40, help="patch size in metres")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one JSON line on stdout, quiet stderr
     model = anysat.from_registry(args.model).eval()
     source = DatasetSource(args.store, modalities=dict(m.split("=", 1) for m in args.mapping))
     batch = next(iter_batches(LoaderConfig((source,), batch_size=1, patch_sizes_m=(args.patch_size,),
