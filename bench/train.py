@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,10 @@ def _ray_worker(cfg: dict[str, Any]) -> None:
         shards = {name: ray.train.get_dataset_shard(name) for name in cfg["names"]}
         share, sps = wait_share(lambda e, s: itertools.islice(ray_batches(shards, cfg["loader"], epoch=e), s, None),
                                 steps=cfg["fit_steps"])  # fmt: skip
-    ray.train.report({"step_s": statistics.median(times), "wait_share": share, "samples_per_s": sps})
+    metrics = {"step_s": statistics.median(times), "wait_share": share, "samples_per_s": sps}
+    with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps the metrics reported with a checkpoint
+        Path(tmp, "metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def ray_figures(args: argparse.Namespace, batch: dict[str, Any]) -> dict[str, float]:
