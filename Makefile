@@ -23,6 +23,7 @@ test: venv
 
 # each `make demo` trains a new run (a run name is never reused without --resume)
 DEMO_RUN ?= pretrain-demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_RUN := $(DEMO_RUN)
 demo: venv
 	$(VPY) -m infra.local up
 	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
