@@ -95,7 +95,7 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, pl
         version, items = _manifest_items(manifest_url, layout.storage_options)
         chips: list[Chip] = []
         rejects: list[Reject] = []
-        with ChipReader(sign=sign, retry=retry) as reader:
+        with ChipReader(sign=sign, retry=retry, chips=[plans[c].bounds for c in chip_ids]) as reader:
             for chip_id in chip_ids:
                 chip, chip_rejects = load_chip(plans[chip_id], items, sensors, reader=reader)
                 rejects += chip_rejects

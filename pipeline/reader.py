@@ -61,16 +61,24 @@ class ChipReader:
         retry: Retries of transient failures.
         fast_path: False forces the odc-stac path everywhere (for comparisons).
         max_open: Datasets kept open at once (least recently used closed first).
+        chips: Bounds of the chips this reader will read (the shard's). When given, the fast path reads each
+            asset once over the chips it covers (if they are dense enough) and cuts every chip from that block.
+        max_block_mb: Upper bound of the blocks kept in memory.
     """
 
     def __init__(self, *, sign: Callable[[str], str] | None = None, retry: RetryPolicy | None = None,
-                 fast_path: bool = True, max_open: int = 256) -> None:  # fmt: skip
+                 fast_path: bool = True, max_open: int = 256, chips: Sequence[Bounds] = (),
+                 max_block_mb: float = 256.0) -> None:  # fmt: skip
         self.sign = sign
         self.retry = retry or RetryPolicy()
         self.fast_path = fast_path
         self.max_open = max_open
-        self.reads = {"fast": 0, "fallback": 0}  # asset reads per path (for tests and benchmarks)
+        self.chips = tuple(chips)
+        self.max_block_bytes = int(max_block_mb * 2**20)
+        self.reads = {"fast": 0, "fallback": 0, "blocks": 0}  # reads per path (for tests and benchmarks)
         self._open: OrderedDict[str, Any] = OrderedDict()  # unsigned href -> (dataset, epsg)
+        self._blocks: dict[tuple[str, tuple[int, ...], float], tuple[int, int, np.ndarray] | None] = {}
+        self._block_bytes = 0
 
     def __enter__(self) -> ChipReader:
         return self
@@ -82,6 +90,8 @@ class ChipReader:
         """Close every open dataset."""
         while self._open:
             self._open.popitem()[1][0].close()
+        self._blocks.clear()
+        self._block_bytes = 0
 
     def read_item(self, item: pystac.Item, assets: Sequence[str], *, epsg: int, bounds: Bounds,
                   resolution: float) -> np.ndarray:  # fmt: skip
@@ -178,15 +188,51 @@ class ChipReader:
             if cols is None or rows is None or cols[0] < 0 or rows[0] < 0 or cols[-1] >= ds.width \
                     or rows[-1] >= ds.height:  # fmt: skip
                 return None
-            r0, c0 = int(rows[0]), int(cols[0])
-            block = ds.read(bands, window=Window(c0, r0, int(cols[-1]) - c0 + 1, int(rows[-1]) - r0 + 1))
+            cached = self._block(ds, href, bands, resolution, t)
+            if cached is not None and cached[0] <= rows[0] and cached[1] <= cols[0] \
+                    and rows[-1] < cached[0] + cached[2].shape[1] and cols[-1] < cached[1] + cached[2].shape[2]:  # fmt: skip
+                r0, c0, block = cached
+            else:
+                r0, c0 = int(rows[0]), int(cols[0])
+                block = ds.read(bands, window=Window(c0, r0, int(cols[-1]) - c0 + 1, int(rows[-1]) - r0 + 1))
         except Exception:
             self._drop(href)  # a retry reopens it
             raise
-        if block.shape[1:] != shape:
+        if block.shape[1:] != shape or r0 != rows[0] or c0 != cols[0]:
             block = block[:, (rows - r0)[:, None], (cols - c0)[None, :]]
         dtype = self._stac_dtype(item, key, bands)
         return block.astype(dtype, copy=False) if dtype is not None else block
+
+    def _block(self, ds: Any, href: str, bands: list[int], resolution: float,
+               t: Any) -> tuple[int, int, np.ndarray] | None:  # fmt: skip
+        """The source block covering the reader's chips inside this asset, read once; None if not worth it.
+
+        Worth it when the chips inside the asset fill at least a quarter of their bounding window (a shard's chips
+        are neighbours on the grid) and the block fits the memory bound.
+        """
+        key = (href, tuple(bands), resolution)
+        if key in self._blocks:
+            return self._blocks[key]
+        from rasterio.windows import Window
+
+        x0, y0 = t.c, t.f
+        x1, y1 = x0 + t.a * ds.width, y0 + t.e * ds.height
+        inside = [b for b in self.chips if b[0] >= x0 and b[2] <= x1 and b[1] >= y1 and b[3] <= y0]
+        result = None
+        if len(inside) > 1:
+            minx, miny = min(b[0] for b in inside), min(b[1] for b in inside)
+            maxx, maxy = max(b[2] for b in inside), max(b[3] for b in inside)
+            c0, c1 = int(np.floor((minx - x0) / t.a)), int(np.ceil((maxx - x0) / t.a))
+            r0, r1 = int(np.floor((y0 - maxy) / -t.e)), int(np.ceil((y0 - miny) / -t.e))
+            c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, ds.width), min(r1, ds.height)
+            covered = sum((b[2] - b[0]) * (b[3] - b[1]) for b in inside)
+            size = (c1 - c0) * (r1 - r0) * len(bands) * np.dtype(ds.dtypes[bands[0] - 1]).itemsize
+            if covered * 4 >= (maxx - minx) * (maxy - miny) and self._block_bytes + size <= self.max_block_bytes:
+                result = (r0, c0, ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)))
+                self._block_bytes += size
+                self.reads["blocks"] += 1
+        self._blocks[key] = result
+        return result
 
     @staticmethod
     def _stac_dtype(item: pystac.Item, key: str, bands: list[int]) -> np.dtype[Any] | None:
