@@ -18,7 +18,7 @@ dropped connections) are retried per `pipeline.retry.RetryPolicy`, reopening the
 
 from __future__ import annotations
 
-import logging
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -32,8 +32,6 @@ from pipeline.raster import Bounds, load_items
 from pipeline.retry import RetryPolicy, call_with_retries
 
 __all__ = ["ChipReader"]
-
-log = logging.getLogger(__name__)
 
 _EDGE_TOL = 1e-6  # a centre closer than this (in source pixels) to a pixel edge is ambiguous: fall back
 
@@ -116,9 +114,9 @@ class ChipReader:
             href = item.assets[key].href
             got = None
             if self.fast_path:
-                got = self._guarded(lambda: self._read_fast(item, key, [b for _, b in members], epsg, bounds,  # noqa: B023
-                                                            resolution, shape), item, [assets[c] for c, _ in members],
-                                    [href])  # fmt: skip
+                bands = [b for _, b in members]
+                read = functools.partial(self._read_fast, item, key, bands, epsg, bounds, resolution, shape)
+                got = self._guarded(read, item, [assets[c] for c, _ in members], [href])
             if got is None:
                 slow += [c for c, _ in members]
                 continue
@@ -189,8 +187,9 @@ class ChipReader:
                     or rows[-1] >= ds.height:  # fmt: skip
                 return None
             cached = self._block(ds, href, bands, resolution, t)
-            if cached is not None and cached[0] <= rows[0] and cached[1] <= cols[0] \
-                    and rows[-1] < cached[0] + cached[2].shape[1] and cols[-1] < cached[1] + cached[2].shape[2]:  # fmt: skip
+            inside = cached is not None and cached[0] <= rows[0] and rows[-1] < cached[0] + cached[2].shape[1] \
+                and cached[1] <= cols[0] and cols[-1] < cached[1] + cached[2].shape[2]  # fmt: skip
+            if cached is not None and inside:
                 r0, c0, block = cached
             else:
                 r0, c0 = int(rows[0]), int(cols[0])

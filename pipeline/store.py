@@ -195,8 +195,9 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
     tmp = f"{root}/_tmp/{shard_id}-{uuid.uuid4().hex[:8]}.zarr"
     try:
         files = _encode(datasets, chip_table, layout.zstd_level)
-        for folder in sorted({f"{tmp}/{name}".rsplit("/", 1)[0] for name in files}):
-            fs.makedirs(folder, exist_ok=True)
+        folders = sorted({f"{tmp}/{name}".rsplit("/", 1)[0] for name in files})
+        for folder in [f for i, f in enumerate(folders) if not any(g.startswith(f + "/") for g in folders[i + 1 :])]:
+            fs.makedirs(folder, exist_ok=True)  # leaf folders only (their parents come with them)
         fs.pipe({f"{tmp}/{name}": blob for name, blob in files.items()})  # one batched call (concurrent on S3)
         if fs.exists(final):  # an earlier uncommitted attempt
             fs.rm(final, recursive=True)

@@ -36,8 +36,9 @@ FAST = RetryPolicy(max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
 class _Server:
     def __init__(self, root: Path, failures: dict[str, int]) -> None:
         self.root = root
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("range_server.py")), str(root),
-                                      *(f"{p}={n}" for p, n in failures.items())], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        script = Path(__file__).with_name("range_server.py")
+        rules = [f"{p}={n}" for p, n in failures.items()]
+        self.proc = subprocess.Popen([sys.executable, str(script), str(root), *rules], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
 
@@ -131,7 +132,8 @@ def test_run_with_an_always_failing_file_keeps_the_other_data(catalog_files, tmp
     rows = {}
     for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
         path = next(p for p in catalog_files if p.parent.name == name and p.suffix == ".ndjson")
-        rows[name] = next(json.loads(x) for x in path.read_text().splitlines() if json.loads(x)["id"].endswith("_87_48"))
+        lines = path.read_text().splitlines()
+        rows[name] = next(json.loads(x) for x in lines if json.loads(x)["id"].endswith("_87_48"))
     www = tmp_path / "www"
     items: dict[str, list[dict]] = {"sentinel-2-l2a": [], "sentinel-1-rtc": []}
     for folder, name, suffix in (("s2-good", "sentinel-2-l2a", "-good"), ("s2-flaky", "sentinel-2-l2a", ""),
