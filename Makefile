@@ -7,7 +7,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo stack stack-down stack-status clean
+.PHONY: venv test demo stack stack-down stack-status clean ingest-every
 
 venv: $(STAMP)
 
@@ -28,6 +28,15 @@ demo: venv
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "Zarr shards: $(CURDIR)/out/demo-dataset/shards (xarray.open_zarr(url, group='s2', zarr_format=3, consolidated=False))"
 	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
+
+# Incremental ingestion every INTERVAL seconds against the local stack, each run a `ray job submit`; Ctrl-C stops.
+INTERVAL ?= 3600
+CONFIG   ?= configs/ingest-demo.yaml
+STORE    ?= $(CURDIR)/out/incremental-dataset
+ingest-every: venv
+	$(VPY) -m infra.local up
+	set -a && . .stack/env && set +a && $(VPY) jobs/ingest_every.py --config $(CONFIG) --interval $(INTERVAL) \
+		--set store=$(STORE)
 
 stack: venv
 	$(VPY) -m infra.local up

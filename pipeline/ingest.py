@@ -36,7 +36,7 @@ from pipeline.stac import StacQuery, search_items
 from pipeline.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
 from pipeline.store import StoreLayout, is_committed, open_shard, rebuild_index, write_shard
 
-__all__ = ["IngestSummary", "run_ingest", "shard_plans"]
+__all__ = ["IngestSummary", "run_ingest", "shard_plans", "write_quicklooks", "write_shards", "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, pl
     return run
 
 
-def _write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
+def write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
+    """Write `frame` as Parquet at `<store>/<name>`."""
     fs, root = layout.fs()
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
@@ -142,6 +143,31 @@ def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[
                     write_quicklook(f, panels, title=str(chip_id))
                 written.append(target)
     return written
+
+
+def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
+                 shards: list[tuple[str, list[str]]], *, use_ray: bool = True,
+                 pc_sas_url: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Write the planned shards (one Ray Data task each, or a plain loop) and return one result row per shard.
+
+    Shared by the full run (`run_ingest`) and the incremental run (`pipeline.incremental`).
+    """
+    sign = None
+    if any(s.sign == "planetary-computer" for s in config.sensors):
+        sign = PlanetaryComputerSigner(sas_url=pc_sas_url) if pc_sas_url else PlanetaryComputerSigner()
+    task = _shard_task(config, layout, manifest_url, plans, sign)
+    rows = [{"shard_id": sid, "chip_ids": ids} for sid, ids in shards]
+    if not rows:
+        return []
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(logging_level=logging.WARNING)
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+        return list(dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
+                                max_retries=config.max_retries, num_cpus=0.5).take_all())  # fmt: skip
+    return [task(r) for r in rows]
 
 
 def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
@@ -179,30 +205,16 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(begin, end) if begin.tzinfo else None)  # fmt: skip
     if not plans:
-        _write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
+        write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
         raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "
                             f"({len(rejects)} rejects in {config.store}/rejects.parquet)")  # fmt: skip
     by_id = {p.chip_id: p for p in plans}
     shards = shard_plans(manifest.version, plans, config.chips_per_shard)
-    sign = None
-    if any(s.sign == "planetary-computer" for s in config.sensors):
-        sign = PlanetaryComputerSigner(sas_url=pc_sas_url) if pc_sas_url else PlanetaryComputerSigner()
-    task = _shard_task(config, layout, manifest.url, by_id, sign)
-    rows = [{"shard_id": sid, "chip_ids": ids} for sid, ids in shards]
-    if use_ray:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(logging_level=logging.WARNING)
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        results = dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
-                              max_retries=config.max_retries, num_cpus=0.5).take_all()  # fmt: skip
-    else:
-        results = [task(r) for r in rows]
+    results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url)
     for result in results:
         rejects += [Reject(**r) for r in json.loads(result["rejects"])]
     index = rebuild_index(layout)
-    _write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
+    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
                                                           columns=["kind", "subject", "reason"]))  # fmt: skip
     fs, root = layout.fs()
     parts = []

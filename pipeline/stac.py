@@ -3,6 +3,8 @@
 Cloud cover is filtered on the server when it speaks the STAC API Filter (CQL2) or Query extension (Planetary
 Computer and Earth Search do both) and on the client otherwise: `rustac serve`'s in-memory backend, for example,
 conforms to neither and answers a filtered search with no items at all, which would silently drop data.
+The same holds for `updated_after` (items whose `updated` property is at or after an instant, used by
+incremental ingestion): a CQL2 filter when the server speaks the Filter extension, the client otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import pystac
 from pystac_client import Client
@@ -20,7 +23,7 @@ from urllib3 import Retry
 
 from pipeline.errors import StacError
 
-__all__ = ["StacQuery", "iter_items", "open_client", "search_items"]
+__all__ = ["StacQuery", "iter_items", "open_client", "search_items", "updated_predicate"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,9 @@ class StacQuery:
             the property are kept only when this is None.
         page_size: Items per page asked of the server (`limit`); paging continues until the search is done.
         max_items: Stop after this many items; None means all.
+        updated_after: Keep items whose `updated` property is at or after this RFC 3339 instant (inclusive, so
+            items sharing the instant are not missed; callers drop those they already hold). Items without
+            `updated` are dropped when this is set. None keeps all.
     """
 
     url: str
@@ -49,6 +55,7 @@ class StacQuery:
     max_cloud_cover: float | None = None
     page_size: int = 100
     max_items: int | None = None
+    updated_after: str | None = None
 
     def __post_init__(self) -> None:
         if not self.collections:
@@ -59,6 +66,8 @@ class StacQuery:
                 raise ValueError(f"bbox must be (west, south, east, north) in degrees, got {self.bbox}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
+        if self.updated_after is not None and _instant(self.updated_after) is None:
+            raise ValueError(f"updated_after must be an RFC 3339 instant with a time zone, got {self.updated_after!r}")
 
 
 def open_client(url: str, *, timeout_s: float = 30.0, retries: int = 5) -> Client:
@@ -69,6 +78,25 @@ def open_client(url: str, *, timeout_s: float = 30.0, retries: int = 5) -> Clien
         return Client.open(url, stac_io=StacApiIO(max_retries=retry, timeout=timeout_s))
     except (APIError, OSError) as err:
         raise StacError(f"could not open the STAC API at {url}: {err}; check the URL and that it is reachable") from err
+
+
+def updated_predicate(instant: str) -> dict[str, object]:
+    """The CQL2-JSON predicate `updated >= instant` sent to servers with the Filter extension."""
+    return {"op": ">=", "args": [{"property": "updated"}, {"timestamp": instant}]}
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
+
+
+def _updated_since(item: pystac.Item, since: datetime) -> bool:
+    raw = item.properties.get("updated")
+    value = _instant(raw) if isinstance(raw, str) else None
+    return value is not None and value >= since
 
 
 def _cloud_filter_mode(client: Client) -> str:
@@ -92,18 +120,30 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
     if query.datetime is not None:
         kwargs["datetime"] = query.datetime
     mode = "none" if query.max_cloud_cover is None else _cloud_filter_mode(client)
+    predicates: list[dict[str, object]] = []
     if mode == "filter":
-        kwargs["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, query.max_cloud_cover]}
-        kwargs["filter_lang"] = "cql2-json"
+        predicates.append({"op": "<=", "args": [{"property": "eo:cloud_cover"}, query.max_cloud_cover]})
     elif mode == "query":
         kwargs["query"] = {"eo:cloud_cover": {"lte": query.max_cloud_cover}}
     elif mode == "client":
         log.info("%s supports neither the Filter nor the Query extension: filtering eo:cloud_cover <= %s here",
                  query.url, query.max_cloud_cover)  # fmt: skip
+    updated_on_server = query.updated_after is not None and client.conforms_to(ConformanceClasses.FILTER)
+    if updated_on_server:
+        predicates.append(updated_predicate(str(query.updated_after)))
+    elif query.updated_after is not None:
+        log.info("%s does not support the Filter extension: filtering updated >= %s here", query.url,
+                 query.updated_after)  # fmt: skip
+    if predicates:
+        kwargs["filter"] = predicates[0] if len(predicates) == 1 else {"op": "and", "args": predicates}
+        kwargs["filter_lang"] = "cql2-json"
+    since = None if query.updated_after is None or updated_on_server else _instant(query.updated_after)
     yielded = 0
     try:
         for item in client.search(**kwargs).items():  # type: ignore[arg-type]
             if mode == "client" and not _cloud_ok(item, query.max_cloud_cover):
+                continue
+            if since is not None and not _updated_since(item, since):
                 continue
             yield item
             yielded += 1

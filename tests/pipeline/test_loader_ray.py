@@ -1,0 +1,102 @@
+"""The Ray Data path of the loader on the session's Ray head: datasets of samples, worker-side batches, splits."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.config import IngestConfig, load_config
+from pipeline.ingest import run_ingest
+from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
+from pipeline.ray_loader import ray_batches, ray_datasets
+from pipeline.store import StoreLayout, read_index
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stores(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Landsat and demo stores on local disk, and a driver connected to the session's Ray head."""
+    import ray
+
+    root = tmp_path_factory.mktemp("ray-loader-stores")
+    for name, config in (("landsat", "ingest-landsat.yaml"), ("demo", "ingest-demo.yaml")):
+        cfg = load_config(IngestConfig, ROOT / "configs" / config, [f"store={root / name}", "quicklooks=0",
+                                                                    "chips_per_shard=1" if name == "demo" else "chips_per_shard=4"])  # fmt: skip
+        run_ingest(cfg, stac_url=stack_env["STAC_API_URL"], use_ray=False)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=stack_env["RAY_GCS_ADDRESS"], logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # this checkout's code in the head's workers
+    try:
+        yield {"landsat": str(root / "landsat"), "demo": str(root / "demo")}
+    finally:
+        ray.shutdown()
+
+
+def _chips(url: str) -> list[str]:
+    return sorted(c for ids in read_index(StoreLayout(url))["chip_ids"] for c in ids)
+
+
+def test_ray_batches_follow_the_contract_and_equal_the_plain_path(stores: dict[str, str]) -> None:
+    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=4, patch_sizes_m=(30, 60),
+                          shuffle_buffer=8, drop_last=False)  # fmt: skip
+    datasets = ray_datasets(config)
+    batches = list(ray_batches({"landsat": datasets["landsat"].iterator()}, config))
+    plain = {c: (b["landsat"][i], b["landsat_valid"][i], b["landsat_dates"][i])
+             for b in iter_batches(config) for i, c in enumerate(b["chip_id"])}  # fmt: skip
+    ids = [c for b in batches for c in b["chip_id"]]
+    assert sorted(ids) == _chips(stores["landsat"]) and sorted(ids) != ids  # every chip once, shuffled
+    for b in batches:
+        t = b["landsat"].shape[1]
+        assert b["landsat"].dtype == torch.float32 and b["landsat"].shape[2:] == (3, 10, 10)
+        assert b["landsat_dates"].dtype == torch.int64 and b["landsat_mask"].shape == (len(b["chip_id"]), t)
+        assert b["patch_size"] in (30, 60) and b["dataset"] == "landsat"
+        for i, chip in enumerate(b["chip_id"]):
+            x, valid, dates = plain[chip]
+            assert torch.equal(b["landsat"][i], x) and torch.equal(b["landsat_valid"][i], valid)
+            assert torch.equal(b["landsat_dates"][i], dates)
+
+
+def test_streaming_split_gives_two_disjoint_streams_covering_every_chip(stores: dict[str, str]) -> None:
+    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=3, patch_sizes_m=(30,), drop_last=False)
+    splits = ray_datasets(config)["landsat"].streaming_split(2)
+    seen: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+
+    def consume(k: int) -> None:
+        try:
+            seen[k] = [c for b in ray_batches({"landsat": splits[k]}, config) for c in b["chip_id"]]
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test thread below
+            errors.append(err)
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not errors, errors
+    assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == _chips(stores["landsat"])
+
+
+def test_ray_mixing_one_dataset_and_patch_size_per_batch(stores: dict[str, str]) -> None:
+    config = LoaderConfig((DatasetSource(stores["landsat"], weight=1.0), DatasetSource(stores["demo"], weight=1.0)),
+                          batch_size=2, patch_sizes_m=(30, 40, 60))  # fmt: skip
+    datasets = ray_datasets(config)
+    chips = {name: set(_chips(stores[name])) for name in ("landsat", "demo")}
+    batches: list[dict[str, Any]] = list(ray_batches({n: d.iterator() for n, d in datasets.items()}, config))
+    names = {b["dataset"] for b in batches}
+    assert names == {"landsat", "demo"}
+    landsat_ids = [c for b in batches if b["dataset"] == "landsat" for c in b["chip_id"]]
+    assert len(set(landsat_ids)) >= len(chips["landsat"]) - 1  # at least one pass (drop_last drops < 2)
+    for b in batches:
+        assert set(b["chip_id"]) <= chips[b["dataset"]]
+        assert {"landsat": 300, "demo": 480}[b["dataset"]] % b["patch_size"] == 0
+        assert ("s2" in b) == (b["dataset"] == "demo") and ("landsat" in b) == (b["dataset"] == "landsat")
