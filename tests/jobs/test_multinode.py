@@ -72,8 +72,9 @@ class _SocketSampler(threading.Thread):
         self.samples = 0
 
     def _pids(self) -> set[int]:
-        pids = set(self.roots)
-        for pid in self.roots:
+        roots = list(self.roots)  # the test thread adds and removes client processes
+        pids = set(roots)
+        for pid in roots:
             try:
                 pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
             except psutil.NoSuchProcess:
