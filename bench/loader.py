@@ -9,7 +9,9 @@ resampled, nearest), 64x64 px chips, batch 16, a torch DataLoader with 0 and 2 w
   torchvision, whose PyPI wheel does not import beside the project's CPU torch 2.13.0, so it runs in its own
   interpreter (`--torchgeo-python`, a venv with torch 2.14.1, torchvision 0.29.1, torchgeo 0.8.1) as a
   subprocess of this run;
-- limit: the windows of our chips read directly with rasterio (datasets opened once), stacked into batches.
+- limit: the windows of our chips read directly with rasterio (datasets opened once), stacked into batches;
+- decode: our read path's own ceiling, fetching and zstd-decoding the `s2/data` array of every shard in one
+  thread (no normalisation, masks, shuffle or collation).
 
 Throughput is samples/s after the first batch (worker start-up excluded), best of `--repeats`. Prints a table
 and one JSON line.
@@ -153,6 +155,21 @@ def run_rasterio(store: str, scene: Path, *, chip_px: int, batch: int, repeats: 
     return {"samples_per_s": round(best, 1), "samples": timed}
 
 
+def run_decode(store: str, *, repeats: int) -> dict[str, Any]:
+    """Ceiling of our read path: fetch and zstd-decode only the `s2/data` array of every shard, one thread."""
+    from pipeline.shard_arrays import read_arrays
+    from pipeline.store import StoreLayout, read_index
+
+    urls = list(read_index(StoreLayout(store))["url"])
+    best, n = 0.0, 0
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for url in urls:
+            n += len(read_arrays(url, ["s2/data"])["s2/data"])
+        best = max(best, n / (time.perf_counter() - start))
+    return {"samples_per_s": round(best, 1), "samples": n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torchgeo-python", default=sys.executable, help="interpreter with torchgeo 0.8.1")
@@ -178,6 +195,7 @@ def main() -> None:
         print(f"ingested the scene in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         rows["rasterio (limit)"] = run_rasterio(store, scene, chip_px=args.chip_px, batch=args.batch,
                                                 repeats=args.repeats)  # fmt: skip
+        rows["decode s2/data only (ours, 1 thread)"] = run_decode(store, repeats=args.repeats)
         for workers in (0, 2):
             out = subprocess.run([args.torchgeo_python, __file__, "--torchgeo-only", str(workers), "--chip-px",
                                   str(args.chip_px), "--batch", str(args.batch), "--samples", str(args.samples),
@@ -194,9 +212,9 @@ def main() -> None:
                                                   / rows[f"torchgeo, {w} workers"]["samples_per_s"], 1)
               for w in (0, 2)}  # fmt: skip
     limit = rows["rasterio (limit)"]["samples_per_s"]
-    print(f"{'loader':<22} {'samples/s':>10} {'samples':>8} {'/ limit':>8}")
+    print(f"{'loader':<38} {'samples/s':>10} {'samples':>8} {'/ limit':>8}")
     for name, r in rows.items():
-        print(f"{name:<22} {r['samples_per_s']:>10} {r['samples']:>8} {r['samples_per_s'] / limit:>8.2f}")
+        print(f"{name:<38} {r['samples_per_s']:>10} {r['samples']:>8} {r['samples_per_s'] / limit:>8.2f}")
     print("  ".join(f"{k}: {v}x" for k, v in ratios.items()))
     print(json.dumps({"bench": "loader", "machine": platform.machine(), "cpus": os.cpu_count(),
                       "python": platform.python_version(), "chip_px": args.chip_px, "batch": args.batch,
