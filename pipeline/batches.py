@@ -1,9 +1,10 @@
 """Samples and batches: one shard read whole into normalised per-chip samples, samples collated into a batch.
 
 Shared by both loader paths (`pipeline.loader.iter_batches` in a plain process, `pipeline.ray_loader` in Ray
-Data read tasks and train workers). A shard is read once per pass with zarr, one whole-array read per variable
-(each array is one Zarr shard), never chip by chip. Values are normalised per band with the dataset's
-`stats.json` (`x = (x - mean) / std`); invalid pixel-dates, non-finite values and padded dates become 0.
+Data read tasks and train workers). A shard is read whole once per pass (`pipeline.shard_arrays.read_arrays`:
+two batched fetches for all its arrays, never chip by chip) and normalised in place in float32 with the
+dataset's `stats.json` (`x = (x - mean) / std`); invalid pixel-dates, non-finite values and padded dates become
+0. Samples are views into the shard's arrays; `collate` copies each once into the batch.
 
 A sample is a flat `dict[str, np.ndarray | str]` (so Ray Data can carry it as columns): for each store group `g`
 `g.data` [T, C, H, W] float32, `g.valid` [T, H, W] bool, `g.date_mask` [T] bool, `g.doy` [T] int16, plus

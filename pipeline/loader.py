@@ -5,7 +5,10 @@ The batch contract, shuffling, mixing, rank split and resume position are descri
 concatenated chip sequence is cut into `world_size` contiguous slices (so a rank reads whole shards except at
 most two boundary ones, and every chip goes to exactly one rank), and each rank's slice goes through a buffered
 shuffle. All of this is computed on chip positions before any pixel is read, so `skip_batches` jumps to a
-position without reading the skipped shards, and the result is identical to an uninterrupted run.
+position without reading the skipped shards, and the result is identical to an uninterrupted run. Positions
+cover current chips only: chips listed in `<store>/state/superseded.parquet` (older versions kept in their shards
+by incremental ingestion) are never delivered. Shards needed by the next few batches are read in background
+threads while the current batch is collated.
 
 Datasets are mixed by weight with exact shares per epoch: the epoch is the shortest sequence of batches in
 which every dataset gets its weight's share and at least one full pass; a dataset whose share exceeds its size
@@ -251,8 +254,9 @@ class _ShardCache:
         """Start reading a shard (once per pass) that a coming batch needs."""
         key = (pass_no, shard)
         if key not in self.reads:
-            self.reads[key] = self.pool.submit(read_shard_arrays, self.ds.shard_urls[shard],
-                                               {g: self.ds.norms[g] for g in self.ds.keys}, storage_options=self.options)  # fmt: skip
+            norms = {g: self.ds.norms[g] for g in self.ds.keys}
+            self.reads[key] = self.pool.submit(read_shard_arrays, self.ds.shard_urls[shard], norms,
+                                               storage_options=self.options)  # fmt: skip
 
     def take(self, pass_no: int, shard: int, row: int, *, load: bool) -> Sample | None:
         key = (pass_no, shard)

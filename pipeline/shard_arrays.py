@@ -88,11 +88,13 @@ class _Plan:
         if self.inner_shape is not None and (
                 any(o % i for o, i in zip(outer, self.inner_shape, strict=True)) or self.string):  # fmt: skip
             raise _NotFast
+        self.filled((1,) * len(self.shape))  # a fill value numpy cannot take (ValueError) leaves it to zarr
 
     def filled(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.string:
             return np.full(shape, "" if self.fill is None else str(self.fill), dtype=object)
-        fill = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(self.fill, self.fill)  # type: ignore[arg-type]
+        special = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+        fill = special.get(self.fill, self.fill) if isinstance(self.fill, str) else self.fill
         return np.full(shape, 0 if fill is None else fill, dtype=self.dtype)
 
     def _decode_one(self, raw: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:

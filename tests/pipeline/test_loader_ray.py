@@ -158,8 +158,8 @@ def test_plain_path_yields_every_current_chip_once_and_no_superseded_one(increme
     assert not set(ids) & incremental["superseded"]
 
 
-def test_ray_path_yields_every_current_chip_once_and_no_superseded_one(stores: dict[str, str],
-                                                                        incremental: dict[str, Any]) -> None:  # fmt: skip
+def test_ray_path_yields_every_current_chip_once_and_no_superseded_one(
+        stores: dict[str, str], incremental: dict[str, Any]) -> None:  # fmt: skip
     config = LoaderConfig((DatasetSource(incremental["url"], name="landsat"),), batch_size=3, patch_sizes_m=(30,),
                           shuffle_buffer=8, drop_last=False)  # fmt: skip
     datasets = ray_datasets(config)
