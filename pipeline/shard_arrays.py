@@ -48,7 +48,7 @@ def _missing(url: str, path: str) -> StoreError:
 
 
 class _Plan:
-    """How to decode one array from its single chunk file, or None when the fast path does not apply."""
+    """How to decode one array from its single chunk file; `_NotFast` when the layout is not one decoded here."""
 
     def __init__(self, meta: Mapping[str, Any]) -> None:
         self.shape = tuple(int(n) for n in meta["shape"])
@@ -113,7 +113,7 @@ class _Plan:
 
     def _decode_shard(self, raw: bytes, url: str, path: str) -> np.ndarray:
         assert self.inner_shape is not None
-        grid = tuple(math.ceil(s / i) for s, i in zip(self.shape, self.inner_shape, strict=True))
+        grid = tuple(o // i for o, i in zip(self.outer, self.inner_shape, strict=True))  # the shard's inner chunks
         n = math.prod(grid)
         index_bytes = memoryview(raw)[len(raw) - (16 * n + 4) :]
         if len(raw) < 16 * n + 4 or google_crc32c.value(bytes(index_bytes[:-4])) != int.from_bytes(

@@ -224,10 +224,15 @@ def test_direct_shard_reads_equal_zarr_on_every_array_and_fall_back_to_zarr(stor
     values = np.random.default_rng(0).normal(size=(5, 3, 7)).astype(np.float32)
     for i, kw in enumerate([{"chunks": (2, 3, 7)}, {"chunks": (5, 3, 7), "serializer": BytesCodec(),
                                                     "filters": [TransposeCodec(order=(2, 1, 0))]},
-                            {"chunks": (5, 3, 7), "compressors": None}, {"chunks": (5, 3, 7), "shards": (5, 3, 7),
-                                                                        "compressors": ZstdCodec()}]):  # fmt: skip
+                            {"chunks": (5, 3, 7), "compressors": None},
+                            {"chunks": (2, 3, 7), "shards": (6, 3, 7), "compressors": ZstdCodec()}]):  # fmt: skip
         zarr.create_array(str(tmp_path / "odd"), name=f"a{i}", shape=values.shape, dtype="float32", **kw)[...] = values
         assert np.array_equal(read_arrays(str(tmp_path / "odd"), [f"a{i}"])[f"a{i}"], values)
+    part = zarr.create_array(str(tmp_path / "odd"), name="part", shape=values.shape, dtype="float32", chunks=(1, 3, 7),
+                             shards=(5, 3, 7), fill_value=np.nan)  # inner chunks never written read as the fill value
+    part[1:3] = values[1:3]
+    got = read_arrays(str(tmp_path / "odd"), ["part"])["part"]
+    assert np.array_equal(got, part[...], equal_nan=True) and np.isnan(got[0]).all()
     with pytest.raises(StoreError, match="has no array 'nothing'"):
         read_arrays(str(tmp_path / "odd"), ["nothing"])
 
