@@ -2,7 +2,7 @@
 
 Reading a shard through `zarr.open_array(...)[...]` costs a round trip through zarr's event loop per array and one
 worker-thread hop per inner chunk (one chip): on the 16-chip Sentinel-2 shards of bench/loader.py, the six arrays
-the loader needs took ~17 ms per shard, of which ~3 ms was zstd decompression. This module reads the same arrays
+the loader needs took 17 ms per shard that way and 4.4 ms here (docs/TRAINING.md, "Reading"). This module reads the same arrays
 with two batched fetches per shard (every `zarr.json`, then every chunk file; concurrent on object stores through
 fsspec's `cat`) and decodes the layout `pipeline.store` writes -- one outer chunk per array, optionally the
 `sharding_indexed` codec with its index at the end (crc32c checked), inner codecs `bytes` (little endian) or
