@@ -25,6 +25,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import from_bounds
 
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray stays on loopback
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.samples import SHARED_L1C_DIR, build_sample_catalogs  # noqa: E402
 from infra.local.stack import LocalStack, StackConfig  # noqa: E402

@@ -1,7 +1,8 @@
 """Load and prepare one planned chip: every sensor read onto the chip grid and turned into model-ready values.
 
-Per sensor (`SensorSpec`): assets read at the sensor's resolution on the chip's UTM grid through
-`pipeline.raster.load_items` (20/60 m Sentinel-2 bands resampled to 10 m, nearest); Sentinel-2 DN harmonised
+Per sensor (`SensorSpec`): assets read at the sensor's resolution on the chip's UTM grid through a
+`pipeline.reader.ChipReader` (one per shard, so each asset is opened once per shard; 20/60 m Sentinel-2 bands
+resampled to 10 m, nearest; odc-stac for grids that need reprojection); Sentinel-2 DN harmonised
 across processing baselines (from 04.00 on, DN carries a +1000 offset) and scaled to reflectance; Landsat
 Collection 2 DN scaled to reflectance; Sentinel-1 linear gamma0 converted to dB; nodata and per-pixel cloud
 masks (Sentinel-2 SCL classes, Landsat `qa_pixel` bits) kept as a `valid` array; dates kept in full (the store
@@ -19,8 +20,9 @@ import pystac
 
 from pipeline.errors import ChipError
 from pipeline.grid import ChipPlan, Reject
-from pipeline.raster import load_items
+from pipeline.reader import ChipReader
 from pipeline.records import Chip, ModalityArray
+from pipeline.retry import TransientReadError
 from pipeline.signing import redact
 
 __all__ = ["CloudMask", "SensorSpec", "load_chip"]
@@ -91,12 +93,12 @@ def _baseline_offset(item: pystac.Item) -> float:
 
 
 def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
-             sign: Callable[[str], str] | None) -> tuple[ModalityArray, bool]:  # fmt: skip
+             reader: ChipReader) -> tuple[ModalityArray, bool]:  # fmt: skip
     """The prepared modality and whether any pixel had data before the cloud mask."""
     assets = list(spec.assets) + ([spec.cloud.asset] if spec.cloud else [])
-    arr = load_items(items, assets=assets, crs=plan.epsg, bounds=plan.bounds, resolution=spec.res_m,
-                     sign=sign)  # fmt: skip
-    raw = arr.values[:, : len(spec.assets)]  # [T, C, H, W]
+    values = np.stack([reader.read_item(item, assets, epsg=plan.epsg, bounds=plan.bounds, resolution=spec.res_m)
+                       for item in items])  # [T, C(+1), H, W]  # fmt: skip
+    raw = values[:, : len(spec.assets)]  # [T, C, H, W]
     valid = np.ones((raw.shape[0], raw.shape[2], raw.shape[3]), dtype=bool)
     if spec.nodata is not None:
         valid &= np.all(raw != spec.nodata, axis=1)
@@ -113,7 +115,7 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
             data = np.where(data > 0, 10.0 * np.log10(data), np.float32(0)).astype(np.float32)
     has_data = bool(valid.any())
     if spec.cloud is not None:
-        qa = arr.values[:, -1].astype(np.int64)  # [T, H, W]
+        qa = values[:, -1].astype(np.int64)  # [T, H, W]
         if spec.cloud.classes:
             valid &= ~np.isin(qa, spec.cloud.classes)
         for bit in spec.cloud.bits:
@@ -125,9 +127,11 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
     return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m), has_data
 
 
-def _read_error_kind(message: str) -> str:
-    """Name the reason of a read failure from GDAL's / the loader's message."""
-    text = message.lower()
+def _read_error_kind(err: ChipError) -> str:
+    """Name the reason of a read failure from its type or GDAL's / the loader's message."""
+    if isinstance(err, TransientReadError):
+        return "transient_io"
+    text = str(err).lower()
     if "has no asset" in text:
         return "missing_asset"
     if "processing_baseline" in text:
@@ -148,20 +152,27 @@ def _concat(mods: Sequence[ModalityArray]) -> ModalityArray:
 
 
 def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping[str, SensorSpec], *,
-              sign: Callable[[str], str] | None = None) -> tuple[Chip | None, list[Reject]]:  # fmt: skip
+              sign: Callable[[str], str] | None = None,
+              reader: ChipReader | None = None) -> tuple[Chip | None, list[Reject]]:  # fmt: skip
     """Read every modality of a planned chip, item by item, so that one bad item never sinks the others.
 
     Args:
         plan: The chip's grid cell and item ids per modality.
         items: Item id → item (from the manifest).
         sensors: Modality → how to read and prepare it.
-        sign: Href signer applied right before each read (e.g. Planetary Computer).
+        sign: Href signer applied right before each read (e.g. Planetary Computer); used when `reader` is None.
+        reader: The shard's reader (keeps datasets open across chips, carries its own signer and retries);
+            None reads through a reader of this chip alone.
 
     Returns:
         The chip (None when unusable) and the rejects, each with its reason: per item `missing_item`,
-        `missing_asset`, `href_not_found`, `corrupt_raster`, `read_error`, `all_nodata`, `fully_cloudy`; per chip
-        `no_usable_item` (a modality kept none of its items) or `no_modality`.
+        `missing_asset`, `href_not_found`, `corrupt_raster`, `bad_metadata`, `read_error`, `transient_io`
+        (transient failures outlasted the retries), `all_nodata`, `fully_cloudy`; per chip `no_usable_item`
+        (a modality kept none of its items) or `no_modality`.
     """
+    if reader is None:
+        with ChipReader(sign=sign) as own:
+            return load_chip(plan, items, sensors, reader=own)
     modalities: dict[str, ModalityArray] = {}
     rejects: list[Reject] = []
     for modality, ids in plan.items.items():
@@ -174,9 +185,9 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
         good = []
         for item in chosen:
             try:
-                mod, has_data = _prepare(spec, [item], plan, sign)
+                mod, has_data = _prepare(spec, [item], plan, reader)
             except ChipError as err:
-                rejects.append(Reject(_read_error_kind(str(err)), item.id, f"{modality}: {redact(str(err))}"))
+                rejects.append(Reject(_read_error_kind(err), item.id, f"{modality}: {redact(str(err))}"))
                 continue
             if not mod.valid.any():
                 kind = "fully_cloudy" if has_data else "all_nodata"

@@ -96,7 +96,10 @@ class IngestConfig:
         store: Dataset root: a local path or `s3://bucket/prefix`.
         chips_per_shard: Chips per Zarr shard (one Ray task per shard).
         concurrency: Shards written at once.
-        max_retries: Retries of a shard task on transient I/O errors.
+        max_retries: Retries of a transient read failure (HTTP 5xx/429, timeout, dropped connection) inside a
+            shard task, and retries of a failed shard task by Ray.
+        retry_backoff_s: Wait before the first retry of a read, doubled at each further retry.
+        retry_backoff_max_s: Upper bound of one wait between read retries.
         quicklooks: Chips rendered as PNG beside the store.
         page_size: STAC search page size.
     """
@@ -109,6 +112,8 @@ class IngestConfig:
     chips_per_shard: int = 16
     concurrency: int = 2
     max_retries: int = 3
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 8.0
     quicklooks: int = 4
     page_size: int = 100
 
@@ -122,6 +127,9 @@ class IngestConfig:
             raise ValueError(f"datetime must be an interval 'start/end', got {self.datetime!r}")
         if self.chips_per_shard < 1 or self.concurrency < 1:
             raise ValueError("chips_per_shard and concurrency must be >= 1")
+        if self.max_retries < 0 or not 0 <= self.retry_backoff_s <= self.retry_backoff_max_s:
+            raise ValueError(f"expected max_retries >= 0 and 0 <= retry_backoff_s <= retry_backoff_max_s, got "
+                             f"{self.max_retries}, {self.retry_backoff_s}, {self.retry_backoff_max_s}")
         coarsest = max(s.res_m for s in self.sensors)
         if self.grid.align_m < coarsest:
             raise ValueError(f"grid.align_m ({self.grid.align_m}) must be at least the coarsest GSD ({coarsest} m)")

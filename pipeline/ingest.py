@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 import pandas as pd
+import pystac
 
 from pipeline.chips import load_chip
 from pipeline.config import IngestConfig, to_dict
@@ -27,7 +28,9 @@ from pipeline.errors import PipelineError
 from pipeline.grid import ChipPlan, Reject, plan_chips
 from pipeline.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.quicklook import modality_panel, write_quicklook
+from pipeline.reader import ChipReader
 from pipeline.records import Chip
+from pipeline.retry import RetryPolicy
 from pipeline.signing import PlanetaryComputerSigner, redact
 from pipeline.stac import StacQuery, search_items
 from pipeline.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
@@ -63,27 +66,44 @@ def shard_plans(manifest_version: str, chips: list[ChipPlan], chips_per_shard: i
     return out
 
 
+_MANIFEST_CACHE: dict[str, tuple[str, dict[str, pystac.Item]]] = {}  # one manifest per worker process
+
+
+def _manifest_items(manifest_url: str, storage_options: Mapping[str, Any]) -> tuple[str, dict[str, pystac.Item]]:
+    """The manifest's version and items, read once per worker process (its URL names its content hash)."""
+    if manifest_url not in _MANIFEST_CACHE:
+        manifest = read_manifest(manifest_url, storage_options=storage_options)
+        _MANIFEST_CACHE.clear()
+        _MANIFEST_CACHE[manifest_url] = (manifest.version, {i.id: i for i in manifest.items()})
+    return _MANIFEST_CACHE[manifest_url]
+
+
 def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
                 sign: Callable[[str], str] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """A picklable function writing one shard (run inside Ray Data workers or a plain loop)."""
+    """A picklable function writing one shard (run inside Ray Data workers or a plain loop).
+
+    One `ChipReader` per shard: each asset is opened once for all the shard's chips, and transient read
+    failures are retried (`config.max_retries`, `config.retry_backoff_s`) before they become rejects.
+    """
     sensors = {s.modality: s.spec() for s in config.sensors}
+    retry = RetryPolicy(config.max_retries, config.retry_backoff_s, config.retry_backoff_max_s)
 
     def run(row: dict[str, Any]) -> dict[str, Any]:
         shard_id, chip_ids = str(row["shard_id"]), [str(c) for c in row["chip_ids"]]
         if is_committed(layout, shard_id):
             return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]"}
-        manifest = read_manifest(manifest_url, storage_options=layout.storage_options)
-        items = {i.id: i for i in manifest.items()}
+        version, items = _manifest_items(manifest_url, layout.storage_options)
         chips: list[Chip] = []
         rejects: list[Reject] = []
-        for chip_id in chip_ids:
-            chip, chip_rejects = load_chip(plans[chip_id], items, sensors, sign=sign)
-            rejects += chip_rejects
-            if chip is not None:
-                chips.append(chip)
+        with ChipReader(sign=sign, retry=retry, chips=[plans[c].bounds for c in chip_ids]) as reader:
+            for chip_id in chip_ids:
+                chip, chip_rejects = load_chip(plans[chip_id], items, sensors, reader=reader)
+                rejects += chip_rejects
+                if chip is not None:
+                    chips.append(chip)
         info = None
         if chips:
-            info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": manifest.version},
+            info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": version},
                                sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))})  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
                 "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip

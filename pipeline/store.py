@@ -130,6 +130,23 @@ def _encoding(ds: xr.Dataset, level: int) -> dict[str, dict[str, Any]]:
     return enc
 
 
+def _encode(datasets: Mapping[str, xr.Dataset], chip_table: xr.Dataset, level: int) -> dict[str, bytes]:
+    """Every file of a shard (relative name → bytes), encoded in memory.
+
+    Zarr's per-array overhead against a filesystem or object store (a few small writes and syncs per array)
+    cost more than the pixels themselves; encoding into an in-memory store and writing the files in one batch
+    gives the same files.
+    """
+    from zarr.storage import MemoryStore
+
+    blobs: dict[str, Any] = {}
+    store = MemoryStore(blobs)
+    for key, ds in datasets.items():
+        ds.to_zarr(store, group=key, mode="a", zarr_format=3, consolidated=False, encoding=_encoding(ds, level))
+    chip_table.to_zarr(store, group="chips", mode="a", zarr_format=3, consolidated=False)
+    return {name: blob.to_bytes() for name, blob in blobs.items()}
+
+
 def _content_hash(datasets: Mapping[str, xr.Dataset]) -> str:
     digest = hashlib.sha256()
     for key in sorted(datasets):
@@ -176,14 +193,12 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
                 "corner": np.array(["minx", "miny", "maxx", "maxy"], dtype=object)},
     )  # fmt: skip
     tmp = f"{root}/_tmp/{shard_id}-{uuid.uuid4().hex[:8]}.zarr"
-    tmp_url = f"{layout.url.rstrip('/')}/_tmp/{tmp.rsplit('/', 1)[-1]}"
-    opts = dict(layout.storage_options)
     try:
-        for key, ds in datasets.items():
-            ds.to_zarr(tmp_url, group=key, mode="a", zarr_format=3, consolidated=False,
-                       encoding=_encoding(ds, layout.zstd_level), storage_options=opts or None)  # fmt: skip
-        chip_table.to_zarr(tmp_url, group="chips", mode="a", zarr_format=3, consolidated=False,
-                           storage_options=opts or None)  # fmt: skip
+        files = _encode(datasets, chip_table, layout.zstd_level)
+        folders = sorted({f"{tmp}/{name}".rsplit("/", 1)[0] for name in files})
+        for folder in [f for i, f in enumerate(folders) if not any(g.startswith(f + "/") for g in folders[i + 1 :])]:
+            fs.makedirs(folder, exist_ok=True)  # leaf folders only (their parents come with them)
+        fs.pipe({f"{tmp}/{name}": blob for name, blob in files.items()})  # one batched call (concurrent on S3)
         if fs.exists(final):  # an earlier uncommitted attempt
             fs.rm(final, recursive=True)
         protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -193,7 +208,7 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
             fs.copy(tmp, final, recursive=True)
             fs.rm(tmp, recursive=True)
         info = ShardInfo(shard_id, layout.shard_url(shard_id), tuple(c.chip_id for c in chips), len(chips),
-                         int(sum(fs.du(final, total=False).values())) if fs.isdir(final) else 0,
+                         sum(len(blob) for blob in files.values()),
                          _content_hash(datasets), datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
         for name, text in (sidecar or {}).items():
             with fs.open(f"{final}/{name}", "w") as f:
