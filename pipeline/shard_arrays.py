@@ -97,17 +97,22 @@ class _Plan:
         fill = special.get(self.fill, self.fill) if isinstance(self.fill, str) else self.fill
         return np.full(shape, 0 if fill is None else fill, dtype=self.dtype)
 
-    def _decode_one(self, raw: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    def _decode_one(self, raw: bytes | memoryview, shape: tuple[int, ...], *, url: str = "", path: str = ""
+                    ) -> np.ndarray:  # fmt: skip
         data = _ZSTD.decode(raw) if self.zstd else raw
         if self.string:
             return np.asarray(_VLEN.decode(data), dtype=object).reshape(shape)
+        if len(data) != math.prod(shape) * self.dtype.itemsize:
+            raise StoreError(f"shard {url}: a chunk of {path!r} decodes to {len(data)} bytes, expected "
+                             f"{math.prod(shape) * self.dtype.itemsize} for {shape} {self.dtype}; the shard is "
+                             "corrupt, re-run the ingestion of this shard")  # fmt: skip
         return np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).reshape(shape).astype(self.dtype, copy=False)
 
     def decode(self, raw: bytes | None, url: str, path: str) -> np.ndarray:
         if raw is None:  # no chunk written: all fill value
             return self.filled(self.shape)
         if self.inner_shape is None:
-            outer = self._decode_one(raw, self.outer)
+            outer = self._decode_one(raw, self.outer, url=url, path=path)
             return outer[tuple(slice(0, s) for s in self.shape)].copy()
         return self._decode_shard(raw, url, path)
 
@@ -130,10 +135,8 @@ class _Plan:
             dest = out[region]
             if offset == _EMPTY:
                 dest[...] = self.filled(self.inner_shape)
-            elif self.zstd and dest.flags.c_contiguous and self.dtype.isnative:  # decompress in place, no copy
-                _ZSTD.decode(view[offset : offset + length], out=dest.reshape(-1).view(np.uint8))
-            else:
-                dest[...] = self._decode_one(view[offset : offset + length], self.inner_shape)
+            else:  # decoded then copied: a frame of the wrong size raises instead of leaving stale values
+                dest[...] = self._decode_one(view[offset : offset + length], self.inner_shape, url=url, path=path)
         return out if full == self.shape else out[tuple(slice(0, s) for s in self.shape)].copy()
 
 

@@ -235,6 +235,14 @@ def test_direct_shard_reads_equal_zarr_on_every_array_and_fall_back_to_zarr(stor
     assert np.array_equal(got, part[...], equal_nan=True) and np.isnan(got[0]).all()
     with pytest.raises(StoreError, match="has no array 'nothing'"):
         read_arrays(str(tmp_path / "odd"), ["nothing"])
+    from numcodecs import Zstd
+
+    zarr.create_array(str(tmp_path / "odd"), name="short", shape=values.shape, dtype="float32", chunks=values.shape,
+                      compressors=ZstdCodec())[...] = values  # fmt: skip
+    chunk = next(p for p in (tmp_path / "odd" / "short").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(Zstd().encode(values[:4].tobytes()))  # a valid frame with too few values: never silently read
+    with pytest.raises(StoreError, match="decodes to 336 bytes, expected 420"):
+        read_arrays(str(tmp_path / "odd"), ["short"])
 
 
 def test_no_patch_size_dividing_the_tiles_is_an_error(stores: dict[str, Any]) -> None:
