@@ -75,13 +75,19 @@ def _split(asset: str) -> tuple[str, int]:
     return key, int(band) if band else 1
 
 
+@functools.lru_cache(maxsize=4096)
 def _index(start: float, step: float, n: int, origin: float, src_step: float) -> np.ndarray | None:
-    """Source pixel index of each of `n` output pixel centres along one axis, or None when one sits on an edge."""
+    """Source pixel index of each of `n` output pixel centres along one axis, or None when one sits on an edge.
+
+    Cached: the bands of one resolution share their grids, and the result is never modified (read-only).
+    """
     pos = (start + step * (np.arange(n) + 0.5) - origin) / src_step
     frac = pos - np.floor(pos)
     if np.any(np.minimum(frac, 1 - frac) < _EDGE_TOL):
         return None
-    return np.floor(pos).astype(np.int64)
+    out = np.floor(pos).astype(np.int64)
+    out.flags.writeable = False
+    return out
 
 
 class ChipReader:

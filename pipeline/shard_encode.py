@@ -21,18 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numcodecs import VLenUTF8
 
 from pipeline.errors import StoreError
 from pipeline.records import Chip
 
-__all__ = ["ShardArray", "ShardContent", "build_shard", "encode_shard"]
+_VLEN = VLenUTF8()  # zarr's vlen-utf8 codec is numcodecs'
+
+__all__ = ["ShardArray", "ShardContent", "build_shard", "encode_shard", "encode_shard_zarr"]
 
 _NAN_FILL = "AAAAAAAA+H8="  # xarray's `_FillValue` attribute for NaN (base64 of a float64 NaN)
+_EMPTY = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 _DATE_ATTRS = {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"}
 
 
@@ -178,11 +183,93 @@ async def _write(store: Any, content: ShardContent, level: int) -> None:
     await asyncio.gather(*(one(p, a) for p, a in content.arrays.items()))
 
 
-def encode_shard(content: ShardContent, level: int) -> dict[str, bytes]:
-    """Every file of the shard (relative name -> bytes), encoded with zarr into an in-memory store."""
+def encode_shard_zarr(content: ShardContent, level: int) -> dict[str, bytes]:
+    """Every file of the shard (relative name -> bytes), written by zarr itself into an in-memory store.
+
+    The reference that `encode_shard` reproduces byte for byte (tested); also where array metadata comes from.
+    """
     from zarr.core.sync import sync
     from zarr.storage import MemoryStore
 
     blobs: dict[str, Any] = {}
     sync(_write(MemoryStore(blobs), content, level))
     return {name: blob.to_bytes() for name, blob in blobs.items()}
+
+
+_META: dict[tuple[Any, ...], bytes] = {}  # array layout -> zarr.json bytes (the same for every full shard of a run)
+
+
+def _array_meta(arr: ShardArray, level: int) -> bytes:
+    """The array's `zarr.json`, made by zarr once per layout (shape, dtype, dims, attributes, codecs)."""
+    key = (arr.values.shape, arr.values.dtype.str, arr.dims, json.dumps(dict(arr.attrs), sort_keys=True),
+           arr.chunked, level)  # fmt: skip
+    if key not in _META:
+        kind = arr.values.dtype.kind
+        blank = np.full(arr.values.shape, np.nan if kind == "f" else ("" if kind == "O" else 0), arr.values.dtype)
+        files = encode_shard_zarr(ShardContent({}, {"a": ShardArray(blank, arr.dims, arr.chunked, arr.attrs)}, ()),
+                                  level)  # fmt: skip (all fill value: zarr writes the metadata only)
+        _META[key] = files["a/zarr.json"]
+        if len(_META) > 256:
+            _META.pop(next(iter(_META)))
+    return _META[key]
+
+
+def _all_fill(values: np.ndarray) -> bool:
+    """True when every value equals the array's fill value (zarr then writes no chunk)."""
+    kind = values.dtype.kind
+    if kind == "f":
+        return bool(np.isnan(values).all())
+    if kind == "O":
+        return bool((values == "").all())
+    return not values.any()
+
+
+def _raw(values: np.ndarray) -> bytes:
+    """The chunk's bytes before compression: little-endian C order, or vlen-utf8 for strings."""
+    if values.dtype.kind == "O":
+        return bytes(_VLEN.encode(np.ascontiguousarray(values).reshape(-1)))
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+
+
+def _sharded(values: np.ndarray, zstd: Any) -> bytes | None:
+    """One shard file: an inner chunk per chip (zstd), then the index (offset, length per chip) and its crc32c."""
+    import google_crc32c
+
+    index = np.full((values.shape[0], 2), _EMPTY, dtype="<u8")
+    parts: list[bytes] = []
+    offset = 0
+    for i in range(values.shape[0]):  # a one-dimensional grid of inner chunks: morton order is chip order
+        if _all_fill(values[i]):
+            continue
+        blob = bytes(zstd.encode(_raw(values[i])))
+        index[i] = (offset, len(blob))
+        parts.append(blob)
+        offset += len(blob)
+    if not parts:
+        return None
+    table = index.tobytes()
+    return b"".join([*parts, table, google_crc32c.value(table).to_bytes(4, "little")])
+
+
+def encode_shard(content: ShardContent, level: int) -> dict[str, bytes]:
+    """Every file of the shard (relative name -> bytes): the files zarr writes for it, made directly.
+
+    Group and array metadata come from zarr (`_array_meta`, cached per layout); chunk bytes are encoded here
+    with zarr's own codecs (numcodecs zstd, vlen-utf8, crc32c of the shard index), skipping chunks that are all
+    fill value as zarr does. Byte-identical to `encode_shard_zarr` (tested), without zarr's per-array event-loop
+    round trips and per-chunk task overhead, which cost more than the compression on small chips.
+    """
+    from numcodecs import Zstd
+
+    zstd = Zstd(level=level)
+    files: dict[str, bytes] = {}
+    for path, attrs in content.groups.items():
+        meta = {"attributes": dict(attrs), "zarr_format": 3, "node_type": "group"}
+        files[f"{path}/zarr.json" if path else "zarr.json"] = json.dumps(meta, indent=2).encode()
+    for path, arr in content.arrays.items():
+        files[f"{path}/zarr.json"] = _array_meta(arr, level)
+        chunk = f"{path}/c/" + "/".join("0" * arr.values.ndim)
+        blob = _sharded(arr.values, zstd) if arr.chunked else (None if _all_fill(arr.values) else _raw(arr.values))
+        if blob is not None:
+            files[chunk] = blob
+    return files
