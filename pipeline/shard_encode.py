@@ -1,4 +1,4 @@
-"""The arrays of one shard, built from chips and encoded as Zarr v3 files in memory with one zarr call.
+"""The arrays of one shard, built from chips and encoded in memory as the Zarr v3 files zarr would write.
 
 Layout (what `xarray.open_zarr(url, group=<modality>, zarr_format=3, consolidated=False)` reads, and what the
 loader's direct shard reader decodes):
@@ -13,8 +13,10 @@ loader's direct shard reader decodes):
   plain chunks as above.
 
 Every array carries `dimension_names` (xarray's dimensions), float arrays the `_FillValue` attribute xarray
-writes for NaN. Writing through zarr directly, all arrays of a shard created and filled concurrently in one
-event-loop call, replaces `xarray.Dataset.to_zarr` (a few event-loop round trips per array and attribute).
+writes for NaN. `encode_shard` makes these files directly: metadata from zarr (once per array layout), chunk
+bytes with zarr's own codecs; `encode_shard_zarr` writes the same content through zarr (all arrays in one
+event-loop call) and is the byte-for-byte reference of the tests. Both replace `xarray.Dataset.to_zarr`, whose
+per-array and per-attribute event-loop round trips cost several times the compression on small chips.
 """
 
 from __future__ import annotations
