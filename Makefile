@@ -21,12 +21,21 @@ $(STAMP): pyproject.toml
 test: venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
+# each `make demo` trains a new run (a run name is never reused without --resume)
+DEMO_RUN ?= pretrain-demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_RUN := $(DEMO_RUN)
 demo: venv
 	$(VPY) -m infra.local up
 	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "Zarr shards: $(CURDIR)/out/demo-dataset/shards (xarray.open_zarr(url, group='s2', zarr_format=3, consolidated=False))"
+	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+		python jobs/pretrain.py --config configs/pretrain-demo.yaml --set data.datasets.0.url=$(CURDIR)/out/demo-dataset \
+		--set run.storage=$(CURDIR)/out/runs --set run.name=$(DEMO_RUN)
+	set -a && . .stack/env && set +a && $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
+		--store $(CURDIR)/out/demo-dataset
+	@echo "Checkpoints: $(CURDIR)/out/runs/$(DEMO_RUN); runs and the registered model anysat-demo: the MLflow UI in .stack/env"
 	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
 
 # Incremental ingestion every INTERVAL seconds against the local stack, each run a `ray job submit`; Ctrl-C stops.

@@ -1,0 +1,162 @@
+"""jobs/pretrain.py on the plain path through the real servers: learning on the demo store, exact resume after an
+abrupt exit, MLflow tracking and the registry round trip in fresh processes, promotion, MLflow unreachable.
+
+The demo store is ingested once per module from the session stack's STAC API (240 m chips: 16 chips in 8 shards,
+so batches can be shuffled and split). Jobs run as subprocesses, as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from anysat import AnySat, from_registry
+from anysat.train import read_state
+from pipeline.config import IngestConfig, load_config
+from pipeline.ingest import run_ingest
+from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
+
+pytestmark = pytest.mark.stack
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def demo_store(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("pretrain") / "demo-dataset"
+    config = load_config(IngestConfig, ROOT / "configs" / "ingest-demo.yaml",
+                         [f"store={store}", "grid.chip_size_m=240", "chips_per_shard=2"])  # fmt: skip
+    run_ingest(config, stac_url=stack_env["STAC_API_URL"], use_ray=False)
+    return store
+
+
+def _job(script: str, args: list[str], env: dict[str, str], *, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([PY, f"jobs/{script}", *args], cwd=ROOT, env=full, capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    if ok:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def _summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return json.loads(out.stdout[out.stdout.index("{\n") :])
+
+
+def _pretrain_args(store: Path, runs: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", "configs/pretrain-demo.yaml", "--no-ray", "--set", f"data.datasets.0.url={store}",
+            "--set", f"run.storage={runs}", "--set", f"run.name={name}", "--set", "data.batch_size=4",
+            "--set", "data.patch_sizes_m=[40]", *[a for x in extra for a in ("--set", x)]]  # fmt: skip
+
+
+NO_MLFLOW = {"MLFLOW_TRACKING_URI": ""}
+
+
+def test_the_loss_falls_on_the_demo_store(demo_store: Path, tmp_path: Path) -> None:
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "learn", "optim.total_steps=30",
+                                             "optim.warmup_steps=3", "optim.lr=0.001", "run.checkpoint_every=0"),
+               NO_MLFLOW)  # fmt: skip
+    history = read_state(_summary(out)["checkpoint"])["state"]["history"]
+    losses = np.array([row[1] for row in history])
+    assert len(losses) == 30 and np.isfinite(losses).all()
+    first, last = losses[:5].mean(), losses[-5:].mean()
+    assert last < 0.85 * first, f"the loss went from {first:.3f} to {last:.3f}"
+
+
+def test_resume_after_an_abrupt_exit_reproduces_the_uninterrupted_run(demo_store: Path, tmp_path: Path) -> None:
+    common = ["optim.total_steps=5", "optim.warmup_steps=1", "run.checkpoint_every=2", "data.batch_size=2"]
+    full = _summary(_job("pretrain.py", _pretrain_args(demo_store, tmp_path, "full", *common), NO_MLFLOW))
+    killed = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "cut", *common, "run.fail_at_step=3"),
+                  NO_MLFLOW, ok=False)  # fmt: skip
+    assert killed.returncode == 1 and "fail_at_step=3" in killed.stderr
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint_000002"]
+    again = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "cut", *common), NO_MLFLOW, ok=False)
+    assert again.returncode == 2 and "--resume" in again.stderr  # an existing run is never overwritten silently
+    resumed = _summary(_job("pretrain.py", [*_pretrain_args(demo_store, tmp_path, "cut", *common), "--resume"],
+                            NO_MLFLOW))  # fmt: skip
+    assert [r["step"] for r in resumed["resumes"]] == [2]
+    a, b = read_state(full["checkpoint"]), read_state(resumed["checkpoint"])
+    assert b["state"]["history"] == a["state"]["history"]  # the same five losses, bit for bit
+    assert b["state"]["epoch"] == a["state"]["epoch"] and b["state"]["batches_in_epoch"] == a["state"]["batches_in_epoch"]
+
+
+def _embed_in_process(checkpoint: Path, store: Path) -> list[float]:
+    model = AnySat.load(checkpoint / "student").eval()
+    src = DatasetSource(str(store), modalities={"s2": "s2", "s1": "s1-asc"})
+    batch = next(iter_batches(LoaderConfig((src,), batch_size=1, patch_sizes_m=(40,), shuffle_buffer=0)))
+    with torch.no_grad():
+        x = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        return [round(float(v), 6) for v in model(x, patch_size=batch["patch_size"], output="tile")[0]]
+
+
+def test_tracking_registry_round_trip_and_promotion(demo_store: Path, tmp_path: Path,
+                                                    stack_env: dict[str, str]) -> None:  # fmt: skip
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name = f"anysat-test-{os.getpid()}"
+    env = {**stack_env}
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "tracked", "optim.total_steps=3",
+                                             "optim.warmup_steps=1", f"run.registered_model={name}"), env)  # fmt: skip
+    summary = _summary(out)
+    assert summary["tracking"] == "on" and summary["version"] == 1
+    client = MlflowClient(tracking_uri=stack_env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(summary["run_id"])
+    assert run.data.params["optim.total_steps"] == "3" and run.data.params["model.size"] == "tiny"
+    manifest = run.data.params["dataset.demo-dataset.manifest"]
+    assert len(manifest) == 64 and run.data.params["dataset.demo-dataset.chips"] == "16"
+    for metric in ("loss", "loss_pred", "loss_nce", "lr", "ema_momentum", "samples_per_s", "data_wait_share"):
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 3, metric
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "config.json", "datasets"} <= top
+    assert client.get_model_version_by_alias(name, "candidate").version == "1"
+    # a fresh process pulls @candidate from the registry and embeds the chip the trained model embeds here
+    pulled = json.loads(_job("embed.py", ["--model", f"models:/{name}@candidate", "--store", str(demo_store)],
+                             env).stdout.strip().splitlines()[-1])  # fmt: skip
+    assert pulled["embedding"] == _embed_in_process(Path(summary["checkpoint"]), demo_store)
+    # promotion: @champion follows @candidate by default, and an explicit missing version fails clearly
+    promoted = json.loads(_job("promote.py", ["--name", name], env).stdout)
+    assert promoted == {"name": name, "alias": "champion", "version": 1}
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    bad = _job("promote.py", ["--name", name, "--version", "9"], env, ok=False)
+    assert bad.returncode == 1 and "not found" in bad.stderr
+    champion = from_registry(f"models:/{name}@champion", tracking_uri=stack_env["MLFLOW_TRACKING_URI"])
+    trained = AnySat.load(Path(summary["checkpoint"]) / "student")
+    for (key, a), b in zip(champion.state_dict().items(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    local = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri(name, "1"),
+                                                     tracking_uri=stack_env["MLFLOW_TRACKING_URI"],
+                                                     dst_path=str(tmp_path / "dl")))  # fmt: skip
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert {"artifacts/encoder/model.safetensors", "artifacts/encoder/config.json", "pyfunc.py"} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pt", ".pth"))], "no pickled module or weights"
+
+
+def test_training_completes_and_says_so_when_mlflow_is_unreachable(demo_store: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "offline", "optim.total_steps=2",
+                                             "optim.warmup_steps=1"),
+               {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})  # fmt: skip
+    assert "MLflow unreachable" in out.stderr and "training completed without tracking" in out.stderr
+    summary = _summary(out)
+    assert summary["steps"] == 2 and summary["tracking"].startswith("off") and summary["version"] is None
+    assert Path(summary["checkpoint"], "student", "model.safetensors").is_file()
+
+
+def test_an_invalid_config_exits_2_before_training(demo_store: Path, tmp_path: Path) -> None:
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "optim.warmup_step=3"), NO_MLFLOW, ok=False)
+    assert out.returncode == 2 and "unknown keys ['warmup_step']" in out.stderr
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "data.datasets.0.modalities.s1=s1-des",
+                                             "model.modalities=[s2]"), NO_MLFLOW, ok=False)  # fmt: skip
+    assert out.returncode == 2 and "not among model.modalities" in out.stderr
