@@ -58,7 +58,8 @@ def _blocks_of(chips: Sequence[Bounds]) -> list[list[Bounds]]:
     from one grid column into the next reads two column blocks instead of a two-column-wide rectangle.
     """
     def area(group: Sequence[Bounds]) -> float:
-        return (max(b[2] for b in group) - min(b[0] for b in group)) * (max(b[3] for b in group) - min(b[1] for b in group))
+        width = max(b[2] for b in group) - min(b[0] for b in group)
+        return width * (max(b[3] for b in group) - min(b[1] for b in group))
 
     options = [[list(chips)]]
     for axis in (0, 1):  # per column (same minx), per row (same miny)
@@ -257,7 +258,8 @@ class ChipReader:
                     or rows[-1] >= ds.height:  # fmt: skip
                 return None
             for r0, c0, block in self._block(ds, href, bands, resolution, t):
-                if r0 <= rows[0] and rows[-1] < r0 + block.shape[1] and c0 <= cols[0] and cols[-1] < c0 + block.shape[2]:
+                if r0 <= rows[0] and rows[-1] < r0 + block.shape[1] \
+                        and c0 <= cols[0] and cols[-1] < c0 + block.shape[2]:  # fmt: skip
                     break
             else:
                 r0, c0 = int(rows[0]), int(cols[0])

@@ -176,12 +176,14 @@ async def _write(store: Any, content: ShardContent, level: int) -> None:
             options = {"chunks": (1, *values.shape[1:]), "shards": values.shape,
                        "compressors": ZstdCodec(level=level)}  # fmt: skip
         fill = np.nan if kind == "f" else ("" if kind == "O" else None)
-        created = await create_array(store, name=path, shape=values.shape, dtype="string" if kind == "O" else values.dtype,
-                                     fill_value=fill, attributes=dict(arr.attrs), dimension_names=arr.dims,
-                                     zarr_format=3, **options)  # fmt: skip
+        dtype = "string" if kind == "O" else values.dtype
+        created = await create_array(store, name=path, shape=values.shape, dtype=dtype, fill_value=fill,
+                                     attributes=dict(arr.attrs), dimension_names=arr.dims, zarr_format=3,
+                                     **options)  # fmt: skip
         await created.setitem(slice(None), values)
 
-    await asyncio.gather(*(group(store=store, path=p, zarr_format=3, attributes=dict(a)) for p, a in content.groups.items()))
+    groups = content.groups.items()
+    await asyncio.gather(*(group(store=store, path=p, zarr_format=3, attributes=dict(a)) for p, a in groups))
     await asyncio.gather(*(one(p, a) for p, a in content.arrays.items()))
 
 

@@ -1,4 +1,4 @@
-"""The only module that knows Zarr v3, shards and object storage: write, commit, index and read chip shards.
+"""Zarr v3 shards on object storage: write, commit, index and read chip shards (their files: `shard_encode`).
 
 A shard is one Zarr v3 store `<root>/shards/<shard_id>.zarr` holding a group per modality, each an xarray
 Dataset with dims (chip, time, band, y, x): `data`, `valid`, `date_mask`, `dates`, `doy`, `item_ids`, plus a
