@@ -5,11 +5,15 @@ resampled, nearest), 64x64 px chips, batch 16, a torch DataLoader with 0 and 2 w
 
 - ours: `pipeline.loader.iter_batches` over a store ingested from the scene once in this run's setup (local STAC
   API, `run_ingest` without Ray); with workers, each DataLoader worker is one loader rank;
-- TorchGeo 0.8.1: `RasterDataset` (one file per band) + `RandomGeoSampler` + `stack_samples`. TorchGeo imports
+- TorchGeo 0.8.1: `RasterDataset` (one file per band) + `RandomGeoSampler` + `stack_samples`, with 0 workers
+  measured twice, with torch's default intra-op threads and with one (torch's idle threads spin and cost it up to
+  a third more CPU on this 2-core machine); the ratio is taken against TorchGeo's better figure. TorchGeo imports
   torchvision, whose PyPI wheel does not import beside the project's CPU torch 2.13.0, so it runs in its own
   interpreter (`--torchgeo-python`, a venv with torch 2.14.1, torchvision 0.29.1, torchgeo 0.8.1) as a
   subprocess of this run;
-- limit: the windows of our chips read directly with rasterio (datasets opened once), stacked into batches.
+- limit: the windows of our chips read directly with rasterio (datasets opened once), stacked into batches;
+- decode: our read path's own ceiling, fetching and zstd-decoding the `s2/data` array of every shard in one
+  thread (no normalisation, masks, shuffle or collation).
 
 Throughput is samples/s after the first batch (worker start-up excluded), best of `--repeats`. Prints a table
 and one JSON line.
@@ -153,6 +157,21 @@ def run_rasterio(store: str, scene: Path, *, chip_px: int, batch: int, repeats: 
     return {"samples_per_s": round(best, 1), "samples": timed}
 
 
+def run_decode(store: str, *, repeats: int) -> dict[str, Any]:
+    """Ceiling of our read path: fetch and zstd-decode only the `s2/data` array of every shard, one thread."""
+    from pipeline.shard_arrays import read_arrays
+    from pipeline.store import StoreLayout, read_index
+
+    urls = list(read_index(StoreLayout(store))["url"])
+    best, n = 0.0, 0
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for url in urls:
+            n += len(read_arrays(url, ["s2/data"])["s2/data"])
+        best = max(best, n / (time.perf_counter() - start))
+    return {"samples_per_s": round(best, 1), "samples": n}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--torchgeo-python", default=sys.executable, help="interpreter with torchgeo 0.8.1")
@@ -161,9 +180,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=640, help="samples timed per TorchGeo run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--torchgeo-only", type=int, metavar="WORKERS", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scene = ROOT.parent / "shared" / "data" / "sentinel2-l1c-virginia"
     if args.torchgeo_only is not None:  # the subprocess side
+        if args.torch_threads:
+            import torch
+
+            torch.set_num_threads(args.torch_threads)
         print(json.dumps(run_torchgeo(scene, chip_px=args.chip_px, batch=args.batch, workers=args.torchgeo_only,
                                       samples=args.samples, repeats=args.repeats)))  # fmt: skip
         return
@@ -178,25 +202,30 @@ def main() -> None:
         print(f"ingested the scene in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         rows["rasterio (limit)"] = run_rasterio(store, scene, chip_px=args.chip_px, batch=args.batch,
                                                 repeats=args.repeats)  # fmt: skip
+        rows["decode s2/data only (ours, 1 thread)"] = run_decode(store, repeats=args.repeats)
         for workers in (0, 2):
-            out = subprocess.run([args.torchgeo_python, __file__, "--torchgeo-only", str(workers), "--chip-px",
-                                  str(args.chip_px), "--batch", str(args.batch), "--samples", str(args.samples),
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)  # fmt: skip
-            if out.returncode != 0:
-                raise SystemExit(f"the TorchGeo run failed:\n{out.stderr[-3000:]}")
-            rows[f"torchgeo, {workers} workers"] = json.loads(out.stdout.strip().splitlines()[-1])
+            for threads in ((0, 1) if workers == 0 else (0,)):
+                out = subprocess.run([args.torchgeo_python, __file__, "--torchgeo-only", str(workers), "--chip-px",
+                                      str(args.chip_px), "--batch", str(args.batch), "--samples", str(args.samples),
+                                      "--repeats", str(args.repeats), "--torch-threads", str(threads)],
+                                     capture_output=True, text=True, check=False)  # fmt: skip
+                if out.returncode != 0:
+                    raise SystemExit(f"the TorchGeo run failed:\n{out.stderr[-3000:]}")
+                name = f"torchgeo, {workers} workers" + (", 1 torch thread" if threads else "")
+                rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
             rows[f"ours, {workers} workers"] = run_ours(store, batch=args.batch, workers=workers,
                                                         repeats=args.repeats)  # fmt: skip
             print(json.dumps(rows), file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    ratios = {f"ours/torchgeo {w} workers": round(rows[f"ours, {w} workers"]["samples_per_s"]
-                                                  / rows[f"torchgeo, {w} workers"]["samples_per_s"], 1)
+    best_torchgeo = {w: max(r["samples_per_s"] for k, r in rows.items() if k.startswith(f"torchgeo, {w} workers"))
+                     for w in (0, 2)}  # TorchGeo's best configuration is the reference  # fmt: skip
+    ratios = {f"ours/torchgeo {w} workers": round(rows[f"ours, {w} workers"]["samples_per_s"] / best_torchgeo[w], 1)
               for w in (0, 2)}  # fmt: skip
     limit = rows["rasterio (limit)"]["samples_per_s"]
-    print(f"{'loader':<22} {'samples/s':>10} {'samples':>8} {'/ limit':>8}")
+    print(f"{'loader':<38} {'samples/s':>10} {'samples':>8} {'/ limit':>8}")
     for name, r in rows.items():
-        print(f"{name:<22} {r['samples_per_s']:>10} {r['samples']:>8} {r['samples_per_s'] / limit:>8.2f}")
+        print(f"{name:<38} {r['samples_per_s']:>10} {r['samples']:>8} {r['samples_per_s'] / limit:>8.2f}")
     print("  ".join(f"{k}: {v}x" for k, v in ratios.items()))
     print(json.dumps({"bench": "loader", "machine": platform.machine(), "cpus": os.cpu_count(),
                       "python": platform.python_version(), "chip_px": args.chip_px, "batch": args.batch,

@@ -1,9 +1,10 @@
 """Samples and batches: one shard read whole into normalised per-chip samples, samples collated into a batch.
 
 Shared by both loader paths (`pipeline.loader.iter_batches` in a plain process, `pipeline.ray_loader` in Ray
-Data read tasks and train workers). A shard is read once per pass with zarr, one whole-array read per variable
-(each array is one Zarr shard), never chip by chip. Values are normalised per band with the dataset's
-`stats.json` (`x = (x - mean) / std`); invalid pixel-dates, non-finite values and padded dates become 0.
+Data read tasks and train workers). A shard is read whole once per pass (`pipeline.shard_arrays.read_arrays`:
+two batched fetches for all its arrays, never chip by chip) and normalised in place in float32 with the
+dataset's `stats.json` (`x = (x - mean) / std`); invalid pixel-dates, non-finite values and padded dates become
+0. Samples are views into the shard's arrays; `collate` copies each once into the batch.
 
 A sample is a flat `dict[str, np.ndarray | str]` (so Ray Data can carry it as columns): for each store group `g`
 `g.data` [T, C, H, W] float32, `g.valid` [T, H, W] bool, `g.date_mask` [T] bool, `g.doy` [T] int16, plus
@@ -20,12 +21,12 @@ from typing import Any
 import fsspec
 import numpy as np
 import torch
-import zarr
-import zarr.storage
 
 from pipeline.errors import StoreError
+from pipeline.shard_arrays import read_arrays
 
-__all__ = ["BandNorm", "Sample", "collate", "read_norms", "read_shard_samples", "read_stats_json", "shard_extent_m"]
+__all__ = ["BandNorm", "Sample", "ShardArrays", "collate", "read_norms", "read_shard_arrays", "read_shard_samples",
+           "read_stats_json", "shard_extent_m"]
 
 Sample = dict[str, Any]
 
@@ -50,18 +51,8 @@ def read_stats_json(url: str, *, storage_options: Mapping[str, Any] | None = Non
         return dict(json.loads(f.read()))
 
 
-def _store(url: str, storage_options: Mapping[str, Any] | None) -> zarr.storage.StoreLike:
-    if "://" in url and not url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
-    return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=True)
-
-
-def _read(store: zarr.storage.StoreLike, path: str, url: str) -> np.ndarray:
-    try:
-        return np.asarray(zarr.open_array(store, path=path, mode="r", zarr_format=3)[...])
-    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as err:
-        raise StoreError(f"shard {url} has no array {path!r}; the store group names are the ingestion's "
-                         "sensor modalities (check DatasetSource.modalities)") from err  # fmt: skip
+def _read(url: str, paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    return read_arrays(url, paths, storage_options=storage_options)
 
 
 def read_norms(stats: Mapping[str, Any], bands: Mapping[str, Sequence[str]]) -> dict[str, BandNorm]:
@@ -86,15 +77,73 @@ def read_norms(stats: Mapping[str, Any], bands: Mapping[str, Sequence[str]]) -> 
 def shard_extent_m(url: str, groups: Sequence[str], *, storage_options: Mapping[str, Any] | None = None
                    ) -> tuple[float, dict[str, tuple[str, ...]]]:  # fmt: skip
     """Tile extent in metres (width x res_m of the first group) and the band names of each group of one shard."""
-    store = _store(url, storage_options)
-    bands: dict[str, tuple[str, ...]] = {}
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    arrays = _read(url, [f"{g}/band" for g in groups], storage_options)
+    bands = {g: tuple(str(b) for b in arrays[f"{g}/band"]) for g in groups}
     extent = 0.0
     for group in groups:
-        arr = zarr.open_array(store, path=f"{group}/data", mode="r", zarr_format=3)
-        res_m = float(zarr.open_group(store, path=group, mode="r", zarr_format=3).attrs["res_m"])
-        extent = extent or arr.shape[-1] * res_m
-        bands[group] = tuple(str(b) for b in _read(store, f"{group}/band", url))
+        try:
+            attrs = json.loads(fs.cat_file(f"{root.rstrip('/')}/{group}/zarr.json"))
+            width = json.loads(fs.cat_file(f"{root.rstrip('/')}/{group}/data/zarr.json"))["shape"][-1]
+        except FileNotFoundError as err:
+            raise StoreError(f"shard {url} has no group {group!r}; the store group names are the ingestion's "
+                             "sensor modalities (check DatasetSource.modalities)") from err  # fmt: skip
+        extent = extent or width * float(attrs["attributes"]["res_m"])
     return extent, bands
+
+
+@dataclass(frozen=True)
+class ShardArrays:
+    """One shard read whole and normalised: chip ids, and per store group the arrays over all its chips.
+
+    Attributes:
+        chip_ids: Chip id of each row.
+        groups: Group -> (`data` [N, T, C, H, W] float32 normalised, 0 where not `valid`; `valid` [N, T, H, W]
+            bool, usable pixel-date; `date_mask` [N, T] bool; `doy` [N, T] int).
+    """
+
+    chip_ids: tuple[str, ...]
+    groups: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+    def samples(self, rows: Sequence[int] | None = None) -> dict[int, Sample]:
+        """Per-row samples (views into the shard's arrays, no copy), keyed by row."""
+        wanted = range(len(self.chip_ids)) if rows is None else rows
+        out: dict[int, Sample] = {}
+        for r in wanted:
+            s: Sample = {"chip_id": self.chip_ids[r]}
+            for group, (x, ok, date_mask, doy) in self.groups.items():
+                s[f"{group}.data"], s[f"{group}.valid"] = x[r], ok[r]
+                s[f"{group}.date_mask"], s[f"{group}.doy"] = date_mask[r], doy[r]
+            out[r] = s
+        return out
+
+
+def read_shard_arrays(url: str, norms: Mapping[str, BandNorm], *,
+                      storage_options: Mapping[str, Any] | None = None) -> ShardArrays:  # fmt: skip
+    """Read a whole shard once (one batched fetch of its arrays) and normalise it in place, in float32.
+
+    Raises:
+        StoreError: A group or array is missing, or its bands differ from the statistics' bands.
+    """
+    names = ("band", "data", "valid", "date_mask", "doy")
+    first = next(iter(norms))
+    arrays = _read(url, [f"{first}/chip"] + [f"{g}/{n}" for g in norms for n in names], storage_options)
+    groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    for group, norm in norms.items():
+        bands = tuple(str(b) for b in arrays[f"{group}/band"])
+        if bands != norm.bands:
+            raise StoreError(f"shard {url} has {group} bands {list(bands)}, the dataset's first shard has "
+                             f"{list(norm.bands)}; a dataset must have one band list per group")  # fmt: skip
+        x = arrays[f"{group}/data"]  # [N, T, C, H, W]
+        x = x if x.dtype == np.float32 and x.flags.writeable else x.astype(np.float32)
+        date_mask = arrays[f"{group}/date_mask"].astype(bool, copy=False)  # [N, T]
+        np.subtract(x, norm.mean[:, None, None], out=x)
+        np.divide(x, norm.std[:, None, None], out=x)
+        ok = arrays[f"{group}/valid"].astype(bool, copy=False) & date_mask[:, :, None, None]  # [N, T, H, W]
+        ok &= np.isfinite(x).all(axis=2)
+        np.copyto(x, np.float32(0), where=~ok[:, :, None])
+        groups[group] = (x, ok, date_mask, arrays[f"{group}/doy"])
+    return ShardArrays(tuple(str(c) for c in arrays[f"{first}/chip"]), groups)
 
 
 def read_shard_samples(url: str, norms: Mapping[str, BandNorm], *, rows: Sequence[int] | None = None,
@@ -104,28 +153,7 @@ def read_shard_samples(url: str, norms: Mapping[str, BandNorm], *, rows: Sequenc
     Raises:
         StoreError: A group or array is missing, or its bands differ from the statistics' bands.
     """
-    store = _store(url, storage_options)
-    chip_ids = [str(c) for c in _read(store, f"{next(iter(norms))}/chip", url)]
-    wanted = list(range(len(chip_ids))) if rows is None else list(rows)
-    samples: dict[int, Sample] = {r: {"chip_id": chip_ids[r]} for r in wanted}
-    for group, norm in norms.items():
-        bands = tuple(str(b) for b in _read(store, f"{group}/band", url))
-        if bands != norm.bands:
-            raise StoreError(f"shard {url} has {group} bands {list(bands)}, the dataset's first shard has "
-                             f"{list(norm.bands)}; a dataset must have one band list per group")  # fmt: skip
-        data = _read(store, f"{group}/data", url)  # [N, T, C, H, W]
-        valid = _read(store, f"{group}/valid", url)  # [N, T, H, W]
-        date_mask = _read(store, f"{group}/date_mask", url)  # [N, T]
-        doy = _read(store, f"{group}/doy", url)  # [N, T]
-        sel = np.asarray(wanted, dtype=np.int64)
-        x = (data[sel].astype(np.float32) - norm.mean[None, None, :, None, None]) / norm.std[None, None, :, None, None]
-        ok = valid[sel] & date_mask[sel][:, :, None, None] & np.isfinite(x).all(axis=2)  # [n, T, H, W]
-        x = np.where(ok[:, :, None], x, np.float32(0))
-        for i, r in enumerate(wanted):
-            s = samples[r]
-            s[f"{group}.data"], s[f"{group}.valid"] = x[i], ok[i]
-            s[f"{group}.date_mask"], s[f"{group}.doy"] = date_mask[sel[i]].copy(), doy[sel[i]].copy()
-    return samples
+    return read_shard_arrays(url, norms, storage_options=storage_options).samples(rows)
 
 
 def _date_choice(mask: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -178,8 +206,8 @@ def collate(samples: Sequence[Sample], *, keys: Mapping[str, str], images: Seque
         doy_out = np.zeros((b, t), np.int64)
         for i, (s, k) in enumerate(zip(samples, kept, strict=True)):
             n = len(k)
-            x_out[i, :n] = data[i][k]
-            valid_out[i, :n] = np.asarray(s[f"{group}.valid"])[k]
+            np.take(data[i], k, axis=0, out=x_out[i, :n])  # no intermediate copy
+            np.take(np.asarray(s[f"{group}.valid"]), k, axis=0, out=valid_out[i, :n])
             mask_out[i, :n] = True
             doy_out[i, :n] = np.asarray(s[f"{group}.doy"])[k]
         batch[key] = torch.from_numpy(x_out)  # [B, T, C, H, W]

@@ -78,26 +78,40 @@ def _manifest_items(manifest_url: str, storage_options: Mapping[str, Any]) -> tu
     return _MANIFEST_CACHE[manifest_url]
 
 
-def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
+def _plans_json(plans: list[ChipPlan]) -> str:
+    """The plans of one shard's chips as JSON (carried in the shard's row, not in the task's closure)."""
+    return json.dumps([[p.chip_id, p.epsg, list(p.bounds), p.center_lon, p.center_lat,
+                        {m: list(ids) for m, ids in p.items.items()}] for p in plans])  # fmt: skip
+
+
+def _plans_from_json(text: str) -> list[ChipPlan]:
+    return [ChipPlan(chip_id, int(epsg), tuple(bounds), lon, lat, {m: tuple(ids) for m, ids in items.items()})
+            for chip_id, epsg, bounds, lon, lat, items in json.loads(text)]  # fmt: skip
+
+
+def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
                 sign: Callable[[str], str] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """A picklable function writing one shard (run inside Ray Data workers or a plain loop).
 
-    One `ChipReader` per shard: each asset is opened once for all the shard's chips, and transient read
-    failures are retried (`config.max_retries`, `config.retry_backoff_s`) before they become rejects.
+    A row is `{"shard_id", "plans"}` (the JSON of its chips' plans, see `_plans_json`): each task carries only
+    its own chips, and the function's closure stays small (config, layout, manifest URL, signer). One
+    `ChipReader` per shard: each asset is opened once for all the shard's chips (local files once per worker
+    process), and transient read failures are retried (`config.max_retries`, `config.retry_backoff_s`) before
+    they become rejects. Statistics are computed once over the shard's chips.
     """
     sensors = {s.modality: s.spec() for s in config.sensors}
     retry = RetryPolicy(config.max_retries, config.retry_backoff_s, config.retry_backoff_max_s)
 
     def run(row: dict[str, Any]) -> dict[str, Any]:
-        shard_id, chip_ids = str(row["shard_id"]), [str(c) for c in row["chip_ids"]]
+        shard_id, plans = str(row["shard_id"]), _plans_from_json(str(row["plans"]))
         if is_committed(layout, shard_id):
             return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]"}
         version, items = _manifest_items(manifest_url, layout.storage_options)
         chips: list[Chip] = []
         rejects: list[Reject] = []
-        with ChipReader(sign=sign, retry=retry, chips=[plans[c].bounds for c in chip_ids]) as reader:
-            for chip_id in chip_ids:
-                chip, chip_rejects = load_chip(plans[chip_id], items, sensors, reader=reader)
+        with ChipReader(sign=sign, retry=retry, chips=[p.bounds for p in plans]) as reader:
+            for plan in plans:
+                chip, chip_rejects = load_chip(plan, items, sensors, reader=reader)
                 rejects += chip_rejects
                 if chip is not None:
                     chips.append(chip)
@@ -155,8 +169,8 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     sign = None
     if any(s.sign == "planetary-computer" for s in config.sensors):
         sign = PlanetaryComputerSigner(sas_url=pc_sas_url) if pc_sas_url else PlanetaryComputerSigner()
-    task = _shard_task(config, layout, manifest_url, plans, sign)
-    rows = [{"shard_id": sid, "chip_ids": ids} for sid, ids in shards]
+    task = _shard_task(config, layout, manifest_url, sign)
+    rows = [{"shard_id": sid, "plans": _plans_json([plans[c] for c in ids])} for sid, ids in shards]
     if not rows:
         return []
     if use_ray:

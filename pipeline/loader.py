@@ -5,7 +5,10 @@ The batch contract, shuffling, mixing, rank split and resume position are descri
 concatenated chip sequence is cut into `world_size` contiguous slices (so a rank reads whole shards except at
 most two boundary ones, and every chip goes to exactly one rank), and each rank's slice goes through a buffered
 shuffle. All of this is computed on chip positions before any pixel is read, so `skip_batches` jumps to a
-position without reading the skipped shards, and the result is identical to an uninterrupted run.
+position without reading the skipped shards, and the result is identical to an uninterrupted run. Positions
+cover current chips only: chips listed in `<store>/state/superseded.parquet` (older versions kept in their shards
+by incremental ingestion) are never delivered. Shards needed by the next few batches are read in background
+threads while the current batch is collated.
 
 Datasets are mixed by weight with exact shares per epoch: the epoch is the shortest sequence of batches in
 which every dataset gets its weight's share and at least one full pass; a dataset whose share exceeds its size
@@ -18,20 +21,26 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline.batches import BandNorm, Sample, collate, read_norms, read_shard_samples, read_stats_json, shard_extent_m
+from pipeline.batches import (BandNorm, Sample, ShardArrays, collate, read_norms, read_shard_arrays, read_stats_json,
+                              shard_extent_m)
 from pipeline.errors import PipelineError, StoreError
+from pipeline.state import read_superseded
 from pipeline.store import StoreLayout, read_index
 
 __all__ = ["DatasetSource", "LoaderConfig", "ResolvedDataset", "iter_batches", "patch_sizes_for", "read_stats",
            "resolve_dataset"]
 
 log = logging.getLogger(__name__)
+_LOOKAHEAD_BATCHES = 4  # batches whose shards are read ahead, in background threads
+_READ_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -105,11 +114,14 @@ class ResolvedDataset:
     index: int
     source: DatasetSource
     shard_urls: tuple[str, ...]
-    shard_sizes: tuple[int, ...]
+    shard_sizes: tuple[int, ...]  # current (not superseded) chips per shard
     keys: Mapping[str, str]
     norms: Mapping[str, BandNorm]
     patch_sizes_m: tuple[int, ...]
     extent_m: float
+    shard_rows: tuple[tuple[int, ...], ...] = ()  # rows of the current chips in each shard
+    shard_chips: tuple[tuple[str, ...], ...] = ()  # every chip id of each shard, in row order (the index's)
+    superseded: frozenset[str] = frozenset()  # chips replaced by a newer version (`state/superseded.parquet`)
 
 
 def read_stats(url: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -143,8 +155,13 @@ def resolve_dataset(source: DatasetSource, config: LoaderConfig, *, index: int =
     urls = tuple(str(u) for u in frame["url"])
     extent_m, bands = shard_extent_m(urls[0], list(keys), storage_options=storage_options)
     sizes = patch_sizes_for(extent_m, config.patch_sizes_m, what=source.url)
-    return ResolvedDataset(index, source, urls, tuple(int(n) for n in frame["n_chips"]), keys,
-                           read_norms(stats, bands), tuple(sizes), extent_m)  # fmt: skip
+    superseded = frozenset(str(c) for c in read_superseded(source.url, storage_options=storage_options)["chip_id"])
+    chips = tuple(tuple(str(c) for c in ids) for ids in frame["chip_ids"])
+    rows = tuple(tuple(r for r, c in enumerate(ids) if c not in superseded) for ids in chips)
+    if superseded:
+        log.info("dataset %s: %d superseded chips are skipped", source.name, sum(map(len, chips)) - sum(map(len, rows)))
+    return ResolvedDataset(index, source, urls, tuple(len(r) for r in rows), keys, read_norms(stats, bands),
+                           tuple(sizes), extent_m, rows, chips, superseded)  # fmt: skip
 
 
 def buffered_shuffle(items: list[Any], buffer: int, rng: np.random.Generator) -> list[Any]:
@@ -177,7 +194,7 @@ def pass_order(ds: ResolvedDataset, config: LoaderConfig, *, epoch: int, pass_no
                world_size: int) -> list[tuple[int, int]]:  # fmt: skip
     """(shard, row) positions of one rank's pass over a dataset, in emission order."""
     rng = np.random.default_rng([config.seed, epoch, ds.index, pass_no])
-    sequence = [(int(s), r) for s in rng.permutation(len(ds.shard_urls)) for r in range(ds.shard_sizes[s])]
+    sequence = [(int(s), r) for s in rng.permutation(len(ds.shard_urls)) for r in ds.shard_rows[s]]
     start, stop = rank_slice(len(sequence), rank=rank, world_size=world_size, equal=config.drop_last)
     rng_buffer = np.random.default_rng([config.seed, epoch, ds.index, pass_no, rank, 1])
     return buffered_shuffle(sequence[start:stop], config.shuffle_buffer, rng_buffer)
@@ -216,28 +233,47 @@ def _dataset_batches(ds: ResolvedDataset, config: LoaderConfig, *, epoch: int, r
         pass_no += 1
 
 
-class _SampleCache:
-    """Samples of shards read whole, kept until each of their rows in this rank's pass has been used."""
+class _ShardCache:
+    """Shards of one dataset read whole, kept until each of their rows in this rank's pass has been used.
 
-    def __init__(self, ds: ResolvedDataset, storage_options: Mapping[str, Any] | None) -> None:
-        self.ds, self.options = ds, storage_options
+    Reads go to a background thread pool as soon as a batch in the look-ahead window needs the shard (zstd
+    decompression and file I/O release the GIL, so they overlap with the consumer's work).
+    """
+
+    def __init__(self, ds: ResolvedDataset, storage_options: Mapping[str, Any] | None,
+                 pool: ThreadPoolExecutor) -> None:  # fmt: skip
+        self.ds, self.options, self.pool = ds, storage_options, pool
         self.pending: dict[tuple[int, int], list[int]] = {}  # (pass, shard) -> rows still to use
-        self.samples: dict[tuple[int, int], dict[int, Sample]] = {}
+        self.reads: dict[tuple[int, int], Future[ShardArrays]] = {}
 
     def start_pass(self, pass_no: int, order: list[tuple[int, int]]) -> None:
         for shard, row in order:
             self.pending.setdefault((pass_no, shard), []).append(row)
 
+    def want(self, pass_no: int, shard: int) -> None:
+        """Start reading a shard (once per pass) that a coming batch needs."""
+        key = (pass_no, shard)
+        if key not in self.reads:
+            norms = {g: self.ds.norms[g] for g in self.ds.keys}
+            self.reads[key] = self.pool.submit(read_shard_arrays, self.ds.shard_urls[shard], norms,
+                                               storage_options=self.options)  # fmt: skip
+
     def take(self, pass_no: int, shard: int, row: int, *, load: bool) -> Sample | None:
         key = (pass_no, shard)
-        if load and key not in self.samples:
-            self.samples[key] = read_shard_samples(self.ds.shard_urls[shard], self.ds.norms,
-                                                   rows=sorted(self.pending[key]), storage_options=self.options)  # fmt: skip
+        if load:
+            self.want(pass_no, shard)
         self.pending[key].remove(row)
-        sample = self.samples[key].pop(row) if key in self.samples else None
+        sample = None
+        if key in self.reads:
+            arrays = self.reads[key].result()
+            if arrays.chip_ids != self.ds.shard_chips[shard]:
+                raise StoreError(f"shard {self.ds.shard_urls[shard]} holds chips {list(arrays.chip_ids)[:3]}…, its "
+                                 f"index row lists {list(self.ds.shard_chips[shard])[:3]}…; rebuild the shard index "
+                                 "(pipeline.store.rebuild_index)")  # fmt: skip
+            sample = arrays.samples((row,))[row]
         if not self.pending[key]:
             del self.pending[key]
-            self.samples.pop(key, None)
+            self.reads.pop(key, None)
         return sample
 
 
@@ -275,18 +311,41 @@ def iter_batches(config: LoaderConfig, *, storage_options: Mapping[str, Any] | N
     draws = np.random.default_rng([config.seed, epoch, 11])
     patch_choice = [int(draws.integers(len(datasets[d].patch_sizes_m))) for d in plan]
     streams = [_dataset_batches(d, config, epoch=epoch, rank=rank, world_size=world_size) for d in datasets]
-    caches = [_SampleCache(d, storage_options) for d in datasets]
     passes_started = [-1] * len(datasets)
-    for step, d in enumerate(plan):
-        pass_no, used, positions = next(streams[d])
-        if pass_no != passes_started[d]:
-            caches[d].start_pass(pass_no, used)
-            passes_started[d] = pass_no
-        load = step >= skip_batches
-        samples = [caches[d].take(pass_no, s, r, load=load) for s, r in positions]
-        if not load:
-            continue
-        ds = datasets[d]
-        yield collate([s for s in samples if s is not None], keys=ds.keys, images=config.images,
-                      max_dates=config.max_dates, rng=np.random.default_rng([config.seed, epoch, step, rank, 13]),
-                      patch_size=ds.patch_sizes_m[patch_choice[step]], dataset=ds.source.name)  # fmt: skip
+    pool = ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="shard-read")
+    caches = [_ShardCache(d, storage_options, pool) for d in datasets]
+
+    def laid_out() -> Iterator[tuple[int, int, int, list[tuple[int, int]]]]:
+        """(step, dataset, pass, positions) of every batch, computed on positions only (no pixel read)."""
+        for step, d in enumerate(int(d) for d in plan):
+            pass_no, used, positions = next(streams[d])
+            if pass_no != passes_started[d]:
+                caches[d].start_pass(pass_no, used)
+                passes_started[d] = pass_no
+            yield step, d, pass_no, positions
+
+    steps, ahead = laid_out(), deque[tuple[int, int, int, list[tuple[int, int]]]]()
+
+    def look_ahead() -> None:
+        """Keep the next few batches laid out and their shards being read."""
+        while len(ahead) <= _LOOKAHEAD_BATCHES and (nxt := next(steps, None)) is not None:
+            ahead.append(nxt)
+            if nxt[0] >= skip_batches:
+                for shard, _ in nxt[3]:
+                    caches[nxt[1]].want(nxt[2], shard)
+
+    try:
+        look_ahead()
+        while ahead:
+            step, d, pass_no, positions = ahead.popleft()
+            look_ahead()
+            load = step >= skip_batches
+            samples = [caches[d].take(pass_no, s, r, load=load) for s, r in positions]
+            if not load:
+                continue
+            ds = datasets[d]
+            yield collate([s for s in samples if s is not None], keys=ds.keys, images=config.images,
+                          max_dates=config.max_dates, rng=np.random.default_rng([config.seed, epoch, step, rank, 13]),
+                          patch_size=ds.patch_sizes_m[patch_choice[step]], dataset=ds.source.name)  # fmt: skip
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

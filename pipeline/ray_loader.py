@@ -2,8 +2,9 @@
 
 Driver side, `ray_datasets` turns each source's shard index into a Dataset: the shard URLs in a seeded random
 order (shard-level shuffle), one row each, and `flat_map` reads a whole shard into its normalised samples
-(`pipeline.batches.read_shard_samples`, the same code as the plain path). `TorchTrainer(datasets=...)` then gives
-each worker a `streaming_split` of every Dataset.
+(`pipeline.batches.read_shard_samples`, the same code as the plain path) and drops the shard's superseded chips
+(`<store>/state/superseded.parquet`, read once per dataset by `resolve_dataset`). `TorchTrainer(datasets=...)`
+then gives each worker a `streaming_split` of every Dataset.
 
 Worker side, `ray_batches` iterates each split with Ray's local shuffle buffer, collates samples into the
 contract's batches and mixes the datasets by weight: each batch's dataset and patch size are drawn from a
@@ -33,13 +34,16 @@ __all__ = ["ray_batches", "ray_datasets"]
 class _ShardReader:
     """Picklable `flat_map` function: one shard URL row -> the shard's samples (+ the tile extent)."""
 
-    def __init__(self, norms: Mapping[str, BandNorm], extent_m: float,
-                 storage_options: Mapping[str, Any] | None) -> None:  # fmt: skip
+    def __init__(self, norms: Mapping[str, BandNorm], extent_m: float, storage_options: Mapping[str, Any] | None,
+                 superseded: Mapping[str, frozenset[str]]) -> None:  # fmt: skip
         self.norms, self.extent_m, self.options = dict(norms), extent_m, dict(storage_options or {})
+        self.superseded = dict(superseded)  # shard URL -> its superseded chips (only shards that have some)
 
     def __call__(self, row: dict[str, Any]) -> list[Sample]:
-        samples = read_shard_samples(str(row["url"]), self.norms, storage_options=self.options)
-        return [s | {"extent_m": self.extent_m} for s in samples.values()]
+        url = str(row["url"])
+        skip = self.superseded.get(url, frozenset())
+        samples = read_shard_samples(url, self.norms, storage_options=self.options)
+        return [s | {"extent_m": self.extent_m} for s in samples.values() if s["chip_id"] not in skip]
 
 
 def ray_datasets(config: LoaderConfig, *, storage_options: Mapping[str, Any] | None = None,
@@ -57,8 +61,11 @@ def ray_datasets(config: LoaderConfig, *, storage_options: Mapping[str, Any] | N
     for i, source in enumerate(config.datasets):
         ds = resolve_dataset(source, config, index=i, storage_options=storage_options)
         order = np.random.default_rng([config.seed, i, 3]).permutation(len(ds.shard_urls))
-        items = [{"url": ds.shard_urls[j]} for j in order]
-        reader = _ShardReader({g: ds.norms[g] for g in ds.keys}, ds.extent_m, storage_options)
+        items = [{"url": ds.shard_urls[j]} for j in order if ds.shard_sizes[j]]
+        superseded = {u: frozenset(ds.superseded.intersection(chips))
+                      for u, chips in zip(ds.shard_urls, ds.shard_chips, strict=True)
+                      if ds.superseded.intersection(chips)}  # fmt: skip
+        reader = _ShardReader({g: ds.norms[g] for g in ds.keys}, ds.extent_m, storage_options, superseded)
         out[source.name] = ray.data.from_items(items, override_num_blocks=len(items)).flat_map(reader,
                                                                                                 num_cpus=num_cpus)
     return out

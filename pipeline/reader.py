@@ -19,6 +19,8 @@ dropped connections) are retried per `pipeline.retry.RetryPolicy`, reopening the
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -34,6 +36,38 @@ from pipeline.retry import RetryPolicy, call_with_retries
 __all__ = ["ChipReader"]
 
 _EDGE_TOL = 1e-6  # a centre closer than this (in source pixels) to a pixel edge is ambiguous: fall back
+_POOL_MAX = 64  # local datasets kept open per process between readers (shards)
+_POOL: OrderedDict[tuple[int, str], tuple[Any, int | None, tuple[int, int, int]]] = OrderedDict()
+
+
+def _local_stamp(href: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a local file href, or None for remote hrefs and files that cannot be stat'ed."""
+    if "://" in href and not href.startswith("file://"):
+        return None
+    try:
+        st = os.stat(href.removeprefix("file://"))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _blocks_of(chips: Sequence[Bounds]) -> list[list[Bounds]]:
+    """Group neighbouring chips into rectangles to read as blocks: all at once, per column or per row.
+
+    The grouping with the smallest total bounding area wins (ties: fewer blocks), so a shard whose chips wrap
+    from one grid column into the next reads two column blocks instead of a two-column-wide rectangle.
+    """
+    def area(group: Sequence[Bounds]) -> float:
+        width = max(b[2] for b in group) - min(b[0] for b in group)
+        return width * (max(b[3] for b in group) - min(b[1] for b in group))
+
+    options = [[list(chips)]]
+    for axis in (0, 1):  # per column (same minx), per row (same miny)
+        by: dict[float, list[Bounds]] = {}
+        for b in chips:
+            by.setdefault(b[axis], []).append(b)
+        options.append(list(by.values()))
+    return min(options, key=lambda groups: (sum(area(g) for g in groups), len(groups)))
 
 
 def _split(asset: str) -> tuple[str, int]:
@@ -42,13 +76,19 @@ def _split(asset: str) -> tuple[str, int]:
     return key, int(band) if band else 1
 
 
+@functools.lru_cache(maxsize=4096)
 def _index(start: float, step: float, n: int, origin: float, src_step: float) -> np.ndarray | None:
-    """Source pixel index of each of `n` output pixel centres along one axis, or None when one sits on an edge."""
+    """Source pixel index of each of `n` output pixel centres along one axis, or None when one sits on an edge.
+
+    Cached: the bands of one resolution share their grids, and the result is never modified (read-only).
+    """
     pos = (start + step * (np.arange(n) + 0.5) - origin) / src_step
     frac = pos - np.floor(pos)
     if np.any(np.minimum(frac, 1 - frac) < _EDGE_TOL):
         return None
-    return np.floor(pos).astype(np.int64)
+    out = np.floor(pos).astype(np.int64)
+    out.flags.writeable = False
+    return out
 
 
 class ChipReader:
@@ -62,6 +102,11 @@ class ChipReader:
         chips: Bounds of the chips this reader will read (the shard's). When given, the fast path reads each
             asset once over the chips it covers (if they are dense enough) and cuts every chip from that block.
         max_block_mb: Upper bound of the blocks kept in memory.
+
+    Local files read without a signer are kept open per process (and thread) between readers, up to 64, and
+    reopened when their inode, size or modification time changed: a worker opens each file once per run instead
+    of once per shard. Remote or signed hrefs are opened once per reader (a signed href must not outlive its
+    token).
     """
 
     def __init__(self, *, sign: Callable[[str], str] | None = None, retry: RetryPolicy | None = None,
@@ -75,7 +120,8 @@ class ChipReader:
         self.max_block_bytes = int(max_block_mb * 2**20)
         self.reads = {"fast": 0, "fallback": 0, "blocks": 0}  # reads per path (for tests and benchmarks)
         self._open: OrderedDict[str, Any] = OrderedDict()  # unsigned href -> (dataset, epsg)
-        self._blocks: dict[tuple[str, tuple[int, ...], float], tuple[int, int, np.ndarray] | None] = {}
+        self._pooled: set[str] = set()  # hrefs of self._open that belong to the process pool
+        self._blocks: dict[tuple[str, tuple[int, ...], float], list[tuple[int, int, np.ndarray]]] = {}
         self._block_bytes = 0
 
     def __enter__(self) -> ChipReader:
@@ -87,7 +133,10 @@ class ChipReader:
     def close(self) -> None:
         """Close every open dataset."""
         while self._open:
-            self._open.popitem()[1][0].close()
+            href, entry = self._open.popitem()
+            if href not in self._pooled:
+                entry[0].close()
+        self._pooled.clear()
         self._blocks.clear()
         self._block_bytes = 0
 
@@ -152,19 +201,41 @@ class ChipReader:
         if href in self._open:
             self._open.move_to_end(href)
             return self._open[href]  # type: ignore[no-any-return]
-        target = self.sign(href) if self.sign else href
-        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
-            ds = rasterio.open(target)
-        entry = (ds, ds.crs.to_epsg() if ds.crs else None)
+        stamp = None if self.sign else _local_stamp(href)
+        key = (threading.get_ident(), href)
+        pooled = _POOL.get(key) if stamp is not None else None
+        if pooled is not None and pooled[2] == stamp:
+            _POOL.move_to_end(key)
+            entry = pooled[:2]
+        else:
+            if pooled is not None:  # the file changed since it was opened
+                _POOL.pop(key)[0].close()
+            target = self.sign(href) if self.sign else href
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                ds = rasterio.open(target)
+            entry = (ds, ds.crs.to_epsg() if ds.crs else None)
+            if stamp is not None:
+                _POOL[key] = (*entry, stamp)
+                if len(_POOL) > _POOL_MAX:
+                    old_key, old = _POOL.popitem(last=False)
+                    if old_key[1] not in self._open:
+                        old[0].close()
+        if stamp is not None:
+            self._pooled.add(href)
         self._open[href] = entry
         if len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1][0].close()
+            old_href, old_entry = self._open.popitem(last=False)
+            if old_href not in self._pooled:
+                old_entry[0].close()
+            self._pooled.discard(old_href)
         return entry
 
     def _drop(self, href: str) -> None:
         entry = self._open.pop(href, None)
-        if entry is not None:
-            entry[0].close()
+        pooled = _POOL.pop((threading.get_ident(), href), None)
+        self._pooled.discard(href)
+        for ds in {id(e[0]): e[0] for e in (entry, pooled) if e is not None}.values():
+            ds.close()
 
     def _read_fast(self, item: pystac.Item, key: str, bands: list[int], epsg: int, bounds: Bounds,
                    resolution: float, shape: tuple[int, int]) -> np.ndarray | None:  # fmt: skip
@@ -186,11 +257,10 @@ class ChipReader:
             if cols is None or rows is None or cols[0] < 0 or rows[0] < 0 or cols[-1] >= ds.width \
                     or rows[-1] >= ds.height:  # fmt: skip
                 return None
-            cached = self._block(ds, href, bands, resolution, t)
-            inside = cached is not None and cached[0] <= rows[0] and rows[-1] < cached[0] + cached[2].shape[1] \
-                and cached[1] <= cols[0] and cols[-1] < cached[1] + cached[2].shape[2]  # fmt: skip
-            if cached is not None and inside:
-                r0, c0, block = cached
+            for r0, c0, block in self._block(ds, href, bands, resolution, t):
+                if r0 <= rows[0] and rows[-1] < r0 + block.shape[1] \
+                        and c0 <= cols[0] and cols[-1] < c0 + block.shape[2]:  # fmt: skip
+                    break
             else:
                 r0, c0 = int(rows[0]), int(cols[0])
                 block = ds.read(bands, window=Window(c0, r0, int(cols[-1]) - c0 + 1, int(rows[-1]) - r0 + 1))
@@ -203,11 +273,12 @@ class ChipReader:
         return block.astype(dtype, copy=False) if dtype is not None else block
 
     def _block(self, ds: Any, href: str, bands: list[int], resolution: float,
-               t: Any) -> tuple[int, int, np.ndarray] | None:  # fmt: skip
-        """The source block covering the reader's chips inside this asset, read once; None if not worth it.
+               t: Any) -> list[tuple[int, int, np.ndarray]]:  # fmt: skip
+        """The source blocks covering the reader's chips inside this asset, each read once (may be none).
 
-        Worth it when the chips inside the asset fill at least a quarter of their bounding window (a shard's chips
-        are neighbours on the grid) and the block fits the memory bound.
+        The chips inside the asset are grouped into rectangles (`_blocks_of`); a rectangle is read as one block
+        when it holds more than one chip, its chips fill at least a quarter of it (a shard's chips are
+        neighbours on the grid) and it fits the memory bound.
         """
         key = (href, tuple(bands), resolution)
         if key in self._blocks:
@@ -217,17 +288,19 @@ class ChipReader:
         x0, y0 = t.c, t.f
         x1, y1 = x0 + t.a * ds.width, y0 + t.e * ds.height
         inside = [b for b in self.chips if b[0] >= x0 and b[2] <= x1 and b[1] >= y1 and b[3] <= y0]
-        result = None
-        if len(inside) > 1:
-            minx, miny = min(b[0] for b in inside), min(b[1] for b in inside)
-            maxx, maxy = max(b[2] for b in inside), max(b[3] for b in inside)
+        result = []
+        for group in _blocks_of(inside) if inside else []:
+            if len(group) < 2:
+                continue
+            minx, miny = min(b[0] for b in group), min(b[1] for b in group)
+            maxx, maxy = max(b[2] for b in group), max(b[3] for b in group)
             c0, c1 = int(np.floor((minx - x0) / t.a)), int(np.ceil((maxx - x0) / t.a))
             r0, r1 = int(np.floor((y0 - maxy) / -t.e)), int(np.ceil((y0 - miny) / -t.e))
             c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, ds.width), min(r1, ds.height)
-            covered = sum((b[2] - b[0]) * (b[3] - b[1]) for b in inside)
+            covered = sum((b[2] - b[0]) * (b[3] - b[1]) for b in group)
             size = (c1 - c0) * (r1 - r0) * len(bands) * np.dtype(ds.dtypes[bands[0] - 1]).itemsize
             if covered * 4 >= (maxx - minx) * (maxy - miny) and self._block_bytes + size <= self.max_block_bytes:
-                result = (r0, c0, ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0)))
+                result.append((r0, c0, ds.read(bands, window=Window(c0, r0, c1 - c0, r1 - r0))))
                 self._block_bytes += size
                 self.reads["blocks"] += 1
         self._blocks[key] = result

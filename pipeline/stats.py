@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.records import Chip
+from pipeline.records import Chip, ModalityArray
 
 __all__ = ["BandStats", "PERCENTILES", "chip_stats", "merge_stats", "stats_from_json", "stats_to_json"]
 
@@ -84,17 +84,34 @@ Stats = dict[str, dict[str, BandStats]]  # modality -> band -> stats
 
 
 def chip_stats(chips: Sequence[Chip]) -> Stats:
-    """Statistics of the valid pixels of some chips."""
+    """Statistics of the valid pixels of some chips (e.g. one shard's).
+
+    Computed once per modality and band over all the chips at once (their time series concatenated), not chip
+    by chip: the same counts, extremes and histograms as merging per-chip statistics, sums to rounding.
+
+    Raises:
+        ValueError: Chips of one modality fall in different histogram ranges (e.g. dB and reflectance values
+            under one modality name), which cannot be merged.
+    """
     out: Stats = {}
+    groups: dict[tuple[str, tuple[str, ...], tuple[int, ...], str], list[ModalityArray]] = {}
+    ranges: dict[str, tuple[float, float]] = {}
     for chip in chips:
         for key, mod in chip.modalities.items():
-            lo, hi = value_range(mod.data)
-            for c, band in enumerate(mod.bands):
-                values = mod.data[:, c][mod.valid]
-                values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
-                one = BandStats.of(values, lo, hi)
-                bucket = out.setdefault(key, {})
-                bucket[band] = bucket[band].merge(one) if band in bucket else one
+            lo_hi = value_range(mod.data)
+            if ranges.setdefault(key, lo_hi) != lo_hi:
+                raise ValueError(f"cannot merge histograms over {ranges[key]} and {lo_hi} ({key}, chip {chip.chip_id})")
+            groups.setdefault((key, mod.bands, mod.data.shape[2:], mod.data.dtype.str), []).append(mod)
+    for (key, bands, _, _), mods in groups.items():
+        lo, hi = ranges[key]
+        data = mods[0].data if len(mods) == 1 else np.concatenate([m.data for m in mods])  # [T, C, H, W]
+        valid = mods[0].valid if len(mods) == 1 else np.concatenate([m.valid for m in mods])  # [T, H, W]
+        for c, band in enumerate(bands):
+            values = data[:, c][valid]
+            values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+            one = BandStats.of(values, lo, hi)
+            bucket = out.setdefault(key, {})
+            bucket[band] = bucket[band].merge(one) if band in bucket else one
     return out
 
 
@@ -113,7 +130,7 @@ def stats_to_json(stats: Stats) -> dict[str, object]:
     """JSON-ready form: the mergeable state and a readable summary per band."""
     return {key: {band: {"state": {"count": s.count, "total": s.total, "total_sq": s.total_sq, "min": s.minimum,
                                    "max": s.maximum, "lo": s.lo, "hi": s.hi,
-                                   "hist": {str(i): int(v) for i, v in enumerate(s.hist) if v}},
+                                   "hist": {str(i): int(s.hist[i]) for i in np.flatnonzero(s.hist)}},
                          "summary": s.summary()}
                   for band, s in bands.items()} for key, bands in stats.items()}  # fmt: skip
 

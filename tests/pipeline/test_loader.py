@@ -190,6 +190,61 @@ def test_s3_store_gives_the_same_batches_as_the_local_copy(stores: dict[str, Any
     assert read_stats(stores["s3"], storage_options=stores["options"]) == read_stats(stores["landsat"])
 
 
+def _arrays(url: str) -> list[str]:
+    """Paths of every array of a shard (every group's variables and the chips table)."""
+    return sorted(str(p.parent.relative_to(url)) for p in Path(url).glob("*/*/zarr.json"))
+
+
+def test_direct_shard_reads_equal_zarr_on_every_array_and_fall_back_to_zarr(stores: dict[str, Any],
+                                                                             tmp_path: Path) -> None:  # fmt: skip
+    """`pipeline.shard_arrays.read_arrays` against `zarr.open_array(...)[...]`: every array of every test store
+    (local and S3), and synthetic layouts (several chunks and a transpose: read by zarr; no compression; sharded)."""
+    import zarr
+    from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+
+    from pipeline.shard_arrays import read_arrays
+
+    def check(url: str, paths: list[str], options: dict[str, Any] | None = None) -> None:
+        got = read_arrays(url, paths, storage_options=options)
+        store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=True) if options else url
+        for p in paths:
+            want = np.asarray(zarr.open_array(store, path=p, mode="r", zarr_format=3)[...])
+            assert got[p].shape == want.shape and got[p].flags.writeable, p
+            if want.dtype.kind in "OTU":
+                assert [str(v) for v in got[p].ravel()] == [str(v) for v in want.ravel()], p
+            else:
+                assert got[p].dtype == want.dtype and np.array_equal(got[p], want, equal_nan=want.dtype.kind == "f"), p
+
+    for name in ("demo", "landsat", "uneven"):
+        for url in read_index(StoreLayout(stores[name]))["url"]:
+            check(url, _arrays(url))
+    local = read_index(StoreLayout(stores["landsat"]))["url"].iloc[0]
+    remote = read_index(StoreLayout(stores["s3"], storage_options=stores["options"]))["url"].iloc[0]
+    check(remote, _arrays(local), stores["options"])
+    values = np.random.default_rng(0).normal(size=(5, 3, 7)).astype(np.float32)
+    for i, kw in enumerate([{"chunks": (2, 3, 7)}, {"chunks": (5, 3, 7), "serializer": BytesCodec(),
+                                                    "filters": [TransposeCodec(order=(2, 1, 0))]},
+                            {"chunks": (5, 3, 7), "compressors": None},
+                            {"chunks": (2, 3, 7), "shards": (6, 3, 7), "compressors": ZstdCodec()}]):  # fmt: skip
+        zarr.create_array(str(tmp_path / "odd"), name=f"a{i}", shape=values.shape, dtype="float32", **kw)[...] = values
+        assert np.array_equal(read_arrays(str(tmp_path / "odd"), [f"a{i}"])[f"a{i}"], values)
+    part = zarr.create_array(str(tmp_path / "odd"), name="part", shape=values.shape, dtype="float32", chunks=(1, 3, 7),
+                             shards=(5, 3, 7), fill_value=np.nan)  # inner chunks never written read as the fill value
+    part[1:3] = values[1:3]
+    got = read_arrays(str(tmp_path / "odd"), ["part"])["part"]
+    assert np.array_equal(got, part[...], equal_nan=True) and np.isnan(got[0]).all()
+    with pytest.raises(StoreError, match="has no array 'nothing'"):
+        read_arrays(str(tmp_path / "odd"), ["nothing"])
+    from numcodecs import Zstd
+
+    zarr.create_array(str(tmp_path / "odd"), name="short", shape=values.shape, dtype="float32", chunks=values.shape,
+                      compressors=ZstdCodec())[...] = values  # fmt: skip
+    chunk = next(p for p in (tmp_path / "odd" / "short").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(Zstd().encode(values[:4].tobytes()))  # a valid frame with too few values: never silently read
+    with pytest.raises(StoreError, match="decodes to 336 bytes, expected 420"):
+        read_arrays(str(tmp_path / "odd"), ["short"])
+
+
 def test_no_patch_size_dividing_the_tiles_is_an_error(stores: dict[str, Any]) -> None:
     config = LoaderConfig((DatasetSource(stores["landsat"]),), patch_sizes_m=(40, 70))
     with pytest.raises(StoreError, match="divides the 300 m tiles"):

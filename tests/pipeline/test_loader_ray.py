@@ -1,20 +1,25 @@
-"""The Ray Data path of the loader on the session's Ray head: datasets of samples, worker-side batches, splits."""
+"""The Ray Data path of the loader on the session's Ray head (datasets of samples, worker-side batches, splits), and
+both paths on an incrementally ingested store: every current chip exactly once, never a superseded one."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from infra.local.stack import LocalStack, StackConfig
 from pipeline.config import IngestConfig, load_config
+from pipeline.incremental import run_incremental
 from pipeline.ingest import run_ingest
 from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
 from pipeline.ray_loader import ray_batches, ray_datasets
+from pipeline.state import read_superseded
 from pipeline.store import StoreLayout, read_index
 
 pytestmark = pytest.mark.stack
@@ -100,3 +105,64 @@ def test_ray_mixing_one_dataset_and_patch_size_per_batch(stores: dict[str, str])
         assert set(b["chip_id"]) <= chips[b["dataset"]]
         assert {"landsat": 300, "demo": 480}[b["dataset"]] % b["patch_size"] == 0
         assert ("s2" in b) == (b["dataset"] == "demo") and ("landsat" in b) == (b["dataset"] == "landsat")
+
+
+def _ingest(config: IngestConfig, rows: Sequence[dict[str, Any]], collection: Path, folder: Path) -> None:
+    """One incremental run against a STAC API serving exactly `rows` (the catalog as it is at that time)."""
+    folder.mkdir(parents=True)
+    items = folder / "items.ndjson"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stack = LocalStack(StackConfig(state_dir=folder / "stack", services=("stac",), stac_hrefs=(collection, items)))
+    env = stack.up()
+    try:
+        summary = run_incremental(config, stac_url=env["STAC_API_URL"], use_ray=False)
+    finally:
+        stack.down()
+    assert summary.status == "succeeded", summary
+
+
+@pytest.fixture(scope="module")
+def incremental(catalog_files: tuple[Path, ...], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The Landsat sample ingested incrementally: the early acquisitions, then all of them.
+
+    The later acquisitions give some grid cells a better date, so their chips are re-versioned and the store
+    holds superseded chips beside their replacements (as in tests/jobs/test_ingest_incremental.py).
+    """
+    root = tmp_path_factory.mktemp("superseded")
+    items_file = next(p for p in catalog_files if p.parent.name == "landsat-c2-l2" and p.suffix == ".ndjson")
+    collection = items_file.parent / "collection.json"
+    rows = [json.loads(x) for x in items_file.read_text().splitlines()]
+    config = load_config(IngestConfig, ROOT / "configs" / "ingest-landsat.yaml",
+                         [f"store={root / 'ds'}", "quicklooks=0", "chips_per_shard=8"])  # fmt: skip
+    _ingest(config, [r for r in rows if r["properties"]["datetime"] < "2010-08-01"], collection, root / "v1")
+    _ingest(config, rows, collection, root / "v2")
+    index = read_index(StoreLayout(config.store))
+    stored = {str(c) for ids in index["chip_ids"] for c in ids}
+    superseded = {str(c) for c in read_superseded(config.store)["chip_id"]}
+    return {"url": config.store, "stored": stored, "superseded": superseded, "current": stored - superseded}
+
+
+def test_the_store_holds_superseded_chips_beside_their_replacements(incremental: dict[str, Any]) -> None:
+    stored, superseded = incremental["stored"], incremental["superseded"]
+    assert superseded and superseded < stored and incremental["current"]  # the premise of the tests below
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_plain_path_yields_every_current_chip_once_and_no_superseded_one(incremental: dict[str, Any],
+                                                                          world_size: int) -> None:  # fmt: skip
+    config = LoaderConfig((DatasetSource(incremental["url"]),), batch_size=3, patch_sizes_m=(30,), shuffle_buffer=8,
+                          drop_last=False)  # fmt: skip
+    ids = [c for rank in range(world_size) for b in iter_batches(config, rank=rank, world_size=world_size, epoch=1)
+           for c in b["chip_id"]]  # fmt: skip
+    assert sorted(ids) == sorted(incremental["current"])  # each current chip exactly once
+    assert not set(ids) & incremental["superseded"]
+
+
+def test_ray_path_yields_every_current_chip_once_and_no_superseded_one(
+        stores: dict[str, str], incremental: dict[str, Any]) -> None:  # fmt: skip
+    config = LoaderConfig((DatasetSource(incremental["url"], name="landsat"),), batch_size=3, patch_sizes_m=(30,),
+                          shuffle_buffer=8, drop_last=False)  # fmt: skip
+    datasets = ray_datasets(config)
+    ids = [c for b in ray_batches({"landsat": datasets["landsat"].iterator()}, config) for c in b["chip_id"]]
+    assert sorted(ids) == sorted(incremental["current"])
+    assert not set(ids) & incremental["superseded"]

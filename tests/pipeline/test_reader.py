@@ -117,3 +117,46 @@ def test_shard_block_reads_equal_per_chip_reads(catalog_files) -> None:
             ref = alone.read_item(item, ["B03", "B8A", "B09"], bounds=bounds, **grid)  # type: ignore[arg-type]
             np.testing.assert_array_equal(got, ref)
         assert shard.reads["blocks"] == 3 and alone.reads["blocks"] == 0  # one block read per asset
+
+
+def test_chips_wrapping_into_the_next_column_read_one_block_per_column(catalog_files) -> None:
+    item = _items(catalog_files, "sentinel-2-l2a")[4]
+    x0, y0 = _origin(item, "B02")
+    cells = [(0, j) for j in range(1, 4)] + [(1, 0)]  # sorted ids wrap: the foot of one column, the head of the next
+    chips = [(x0 + i * 240 + 10, y0 - (j + 1) * 240 - 10, x0 + (i + 1) * 240 + 10, y0 - j * 240 - 10) for i, j in cells]
+    grid = {"epsg": item_epsg(item), "resolution": 10.0}
+    with ChipReader(chips=chips) as shard, ChipReader() as alone:
+        for bounds in chips:
+            got = shard.read_item(item, ["B03", "B8A"], bounds=bounds, **grid)  # type: ignore[arg-type]
+            ref = alone.read_item(item, ["B03", "B8A"], bounds=bounds, **grid)  # type: ignore[arg-type]
+            np.testing.assert_array_equal(got, ref)
+        assert shard.reads["blocks"] == 2  # per asset the column of three (the lone chip is read alone)
+        blocks = [b for found in shard._blocks.values() for _, _, b in found]
+        assert [b.shape[1:] for b in blocks] == [(72, 24), (37, 13)]  # one chip wide (24 px at 10 m, 13 at 20 m)
+
+
+def test_local_datasets_stay_open_between_readers_and_reopen_when_the_file_changes(catalog_files, tmp_path) -> None:
+    import rasterio
+
+    item = _items(catalog_files, "sentinel-2-l2a")[0].clone()
+    src = Path(item.assets["B02"].href.removeprefix("file://"))
+    copy = tmp_path / "B02.tif"
+    copy.write_bytes(src.read_bytes())
+    item.assets["B02"].href = str(copy)
+    x0, y0 = _origin(item, "B02")
+    grid = {"epsg": item_epsg(item), "bounds": (x0, y0 - 100, x0 + 100, y0), "resolution": 10.0}
+    with ChipReader() as first:
+        before = first.read_item(item, ["B02"], **grid)  # type: ignore[arg-type]
+        ds = first._open[str(copy)][0]
+    with ChipReader() as second:
+        np.testing.assert_array_equal(second.read_item(item, ["B02"], **grid), before)  # type: ignore[arg-type]
+        assert second._open[str(copy)][0] is ds and not ds.closed  # the same open dataset, not reopened
+    with rasterio.open(src) as s:
+        profile, pixels = s.profile, s.read()
+    replaced = tmp_path / "new.tif"
+    with rasterio.open(replaced, "w", **profile) as dst:
+        dst.write(pixels + 1)
+    replaced.replace(copy)  # a new file at the same path
+    with ChipReader() as third:
+        np.testing.assert_array_equal(third.read_item(item, ["B02"], **grid), before + 1)  # type: ignore[arg-type]
+    assert ds.closed
