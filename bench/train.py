@@ -5,8 +5,10 @@ Measured side by side in one run, same model (tiny unless told), same batch, sam
 1. step time (fastest and median over `--steps` after `--warmup`) of `anysat.train.Trainer.step` on one fixed batch, in this
    process and inside a Ray Train TorchTrainer worker (1 worker, gloo); ratio Ray / plain (target <= 1.05);
 2. share of step time spent waiting for data while pretraining from the store: `fit` over the plain loader
-   (`pipeline.loader.iter_batches`) here, and over `pipeline.ray_loader.ray_batches` in the Ray worker (target
-   <= 5%);
+   (`pipeline.loader.iter_batches`) here, and in the Ray worker over `pipeline.ray_loader.RayEpochs` (the
+   next epoch's stream prefetched, what jobs/pretrain.py uses) and over `ray_batches` called once per epoch
+   (each epoch's stream started when the trainer asks for it), one after the other on the same splits
+   (target <= 5%);
 3. samples/s of the plain loop for each of `--sizes` (tiny and base) on this CPU.
 
     python bench/train.py [--store out/demo-dataset] [--synthetic] [--sizes tiny base] [--steps 8]
@@ -98,16 +100,19 @@ def _ray_worker(cfg: dict[str, Any]) -> None:
 
     import ray.train
 
-    from pipeline.ray_loader import ray_batches
+    from pipeline.ray_loader import RayEpochs, ray_batches
 
     torch.set_num_threads(cfg["threads"])
     times = step_times("tiny", cfg["batch"], warmup=cfg["warmup"], steps=cfg["steps"])
-    share, sps = float("nan"), float("nan")
+    share = sps = share_direct = sps_direct = float("nan")
     if cfg["loader"] is not None:
         shards = {name: ray.train.get_dataset_shard(name) for name in cfg["names"]}
-        share, sps = wait_share(lambda e, s: itertools.islice(ray_batches(shards, cfg["loader"], epoch=e), s, None),
-                                steps=cfg["fit_steps"])  # fmt: skip
-    metrics = {"step_s": statistics.median(times), "step_min_s": min(times), "wait_share": share, "samples_per_s": sps}
+        share_direct, sps_direct = wait_share(
+            lambda e, s: itertools.islice(ray_batches(shards, cfg["loader"], epoch=e), s, None), steps=cfg["fit_steps"])
+        with RayEpochs(shards, cfg["loader"]) as feed:
+            share, sps = wait_share(feed.batches_for, steps=cfg["fit_steps"])
+    metrics = {"step_s": statistics.median(times), "step_min_s": min(times), "wait_share": share, "samples_per_s": sps,
+               "wait_share_per_epoch": share_direct, "samples_per_s_per_epoch": sps_direct}
     with tempfile.TemporaryDirectory() as tmp:  # Ray Train keeps the metrics reported with a checkpoint
         Path(tmp, "metrics.json").write_text(json.dumps(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -183,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
            "ray_over_plain_min": round(ray_m["step_min_s"] / plain_min, 3),
            "ray_over_plain_median": round(ray_m["step_s"] / plain_step, 3),
            "wait_share_plain_loader": round(plain_wait, 4), "wait_share_ray_loader": round(ray_m["wait_share"], 4),
+           "wait_share_ray_per_epoch_stream": round(ray_m["wait_share_per_epoch"], 4),
            "fit_samples_per_s_plain": round(plain_sps, 2), "fit_samples_per_s_ray": round(ray_m["samples_per_s"], 2),
+           "fit_samples_per_s_ray_per_epoch_stream": round(ray_m["samples_per_s_per_epoch"], 2),
            "samples_per_s": {s: round(v, 3) for s, v in sizes.items()}}  # fmt: skip
     print(f"step time, tiny, one fixed batch (fastest / median): plain {plain_min:.3f} / {plain_step:.3f} s, Ray Train "
           f"(1 worker) {ray_m['step_min_s']:.3f} / {ray_m['step_s']:.3f} s -> {out['ray_over_plain_min']}x / "
           f"{out['ray_over_plain_median']}x (target <= 1.05)")
-    print(f"data-wait share while pretraining: plain loader {plain_wait:.1%}, Ray loader {ray_m['wait_share']:.1%} "
+    print(f"data-wait share while pretraining: plain loader {plain_wait:.1%}, Ray loader (RayEpochs) "
+          f"{ray_m['wait_share']:.1%}, Ray loader with a stream started per epoch {ray_m['wait_share_per_epoch']:.1%} "
           "(target <= 5%)")
     for s, v in sizes.items():
         print(f"samples/s on CPU, {s}: {v:.2f}")

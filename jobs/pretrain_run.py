@@ -3,14 +3,14 @@
 Both paths run the same `_train` body around `anysat.train.fit`; they differ only in where batches come from
 (`pipeline.loader.iter_batches` in this process, or `ray_batches` over `get_dataset_shard` on each Ray Train
 worker), how checkpoints are stored (a directory under `<storage>/<run name>/` or `ray.train.report`) and
-where a restarted run finds its last checkpoint. Only rank 0 logs to MLflow and writes checkpoints.
+where a restarted run finds its last checkpoint (on Ray, `RayEpochs` also prefetches across epoch boundaries).
+Only rank 0 logs to MLflow and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -162,17 +162,13 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipeline.ray_loader import ray_batches
+    from pipeline.ray_loader import RayEpochs
 
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     log.info("rank %d of %d on node %s", rank, world, ray.get_runtime_context().get_node_id())
     shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
-
-    def batches_for(epoch: int, skip: int) -> Iterable[Mapping[str, Any]]:
-        return itertools.islice(ray_batches(shards, cfg.data, epoch=epoch), skip, None)
-
     def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
         metrics = {**r.metrics(), "step": t.state.step}
         with tempfile.TemporaryDirectory() as tmp:
@@ -191,8 +187,9 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
             checkpoint = ray.train.Checkpoint(loop_config["resume_from"], filesystem=fs)
         if checkpoint is not None:
             restore = checkpoint.to_directory(str(Path(tmp) / "restore"))
-        _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(), batches_for=batches_for,
-               restore=restore, save=save, tracking=loop_config["tracking"])  # fmt: skip
+        with RayEpochs(shards, cfg.data) as feed:  # the next epoch's stream starts before this one ends
+            _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(), batches_for=feed.batches_for,
+                   restore=restore, save=save, tracking=loop_config["tracking"])  # fmt: skip
 
 
 def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> Path:

@@ -12,10 +12,22 @@ generator seeded by (seed, epoch), so every worker draws the same sequence and, 
 step through the same datasets together. A dataset that runs out before the others starts another pass; the
 epoch ends when every dataset has completed one pass. Shares follow the weights in expectation (the plain path's
 are exact per epoch, because it knows the dataset sizes ahead).
+
+Across epochs, `RayEpochs` keeps the trainer fed: each `DataIterator.iter_batches` call starts a new execution of
+the split's Dataset (Ray Data start-up and the first shard reads), which a short epoch pays as a wait on its first
+batch. A background thread runs `ray_batches` epoch after epoch into a bounded queue of collated batches, so the
+next epoch's stream starts while the trainer still consumes the current epoch's last `ahead` batches. The thread
+only runs ahead within this worker's own splits and requests their epochs in order; a `streaming_split`
+coordinator starts epoch e+1 only when every split has asked for it, i.e. when every worker's thread has finished
+epoch e. Splits are equal, so every worker's thread gets there while its trainer still has epoch-e batches queued:
+DDP ranks stay in lockstep and none waits on another's prefetch.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +40,7 @@ from pipeline.loader import LoaderConfig, patch_sizes_for, resolve_dataset
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["ray_batches", "ray_datasets"]
+__all__ = ["RayEpochs", "ray_batches", "ray_datasets"]
 
 
 class _ShardReader:
@@ -77,13 +89,14 @@ def _rows(batch: Mapping[str, Any]) -> list[Sample]:
 
 
 def ray_batches(shards: Mapping[str, ray.data.DataIterator], config: LoaderConfig, *,
-                epoch: int = 0) -> Iterator[dict[str, Any]]:  # fmt: skip
+                epoch: int = 0, prefetch_batches: int = 2) -> Iterator[dict[str, Any]]:  # fmt: skip
     """The contract's batches of one epoch from this worker's dataset splits (worker side).
 
     Args:
         shards: Dataset name -> this worker's DataIterator (`ray.train.get_dataset_shard(name)`).
         config: The loader config the datasets were built with.
         epoch: Epoch number (the local shuffle and the draws change with it).
+        prefetch_batches: Batches Ray Data fetches ahead within each split's stream (`iter_batches`).
 
     Raises:
         PipelineError: A configured dataset has no iterator, or yields no batch at all.
@@ -99,6 +112,7 @@ def ray_batches(shards: Mapping[str, ray.data.DataIterator], config: LoaderConfi
     def start(d: int) -> Iterator[Mapping[str, Any]]:
         return iter(shards[sources[d].name].iter_batches(
             batch_size=config.batch_size, batch_format="numpy", drop_last=config.drop_last,
+            prefetch_batches=prefetch_batches,
             local_shuffle_buffer_size=config.shuffle_buffer if config.shuffle_buffer > 1 else None,
             local_shuffle_seed=int(np.random.default_rng([config.seed, epoch, d, passes[d]]).integers(2**31))))  # fmt: skip
 
@@ -125,3 +139,108 @@ def ray_batches(shards: Mapping[str, ray.data.DataIterator], config: LoaderConfi
         yield collate(samples, keys=keys, images=config.images, max_dates=config.max_dates,
                       rng=np.random.default_rng([config.seed, epoch, step, 13]),
                       patch_size=sizes[choice % len(sizes)], dataset=sources[d].name)  # fmt: skip
+
+
+_END = object()  # queue marker: the epoch tagged with it has no more batches
+
+
+class RayEpochs:
+    """Consecutive epochs of `ray_batches`, produced ahead by one background thread (worker side).
+
+    Usage, with `anysat.train.fit`'s `batches_for(epoch, skip)`::
+
+        with RayEpochs(shards, config) as feed:
+            fit(trainer, feed.batches_for, ...)
+
+    Epochs must be asked for in order (e, e+1, ...), as `fit` does; the first request fixes where the thread
+    starts (a resumed run's epoch). An epoch left unfinished (`fit` stops at `total_steps`) is skipped over by
+    the next request. Memory: at most `ahead` collated batches in the queue, plus Ray Data's `prefetch_batches`.
+
+    Args:
+        shards: Dataset name -> this worker's DataIterator (`ray.train.get_dataset_shard(name)`).
+        config: The loader config the datasets were built with.
+        ahead: Collated batches the thread may hold ready; the next epoch's stream starts when the trainer has
+            this many batches of the current epoch left (so it hides a start-up of about `ahead` steps).
+        prefetch_batches: Passed to `ray_batches` (Ray Data's own read-ahead within a stream).
+    """
+
+    def __init__(self, shards: Mapping[str, ray.data.DataIterator], config: LoaderConfig, *, ahead: int = 8,
+                 prefetch_batches: int = 2) -> None:  # fmt: skip
+        if ahead < 1:
+            raise ValueError(f"ahead must be >= 1 batch, got {ahead}")
+        self._shards, self._config = dict(shards), config
+        self._prefetch = prefetch_batches
+        self._queue: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_epoch: int | None = None
+        self._error: BaseException | None = None
+
+    def batches_for(self, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """The batches of `epoch` after the first `skip` (the data position of a resumed run).
+
+        Raises:
+            PipelineError: `epoch` is not the one after the previous request, or the feed is closed.
+        """
+        if self._stop.is_set():
+            raise PipelineError("this RayEpochs feed is closed; create a new one")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._produce, args=(epoch,), name="ray-epochs", daemon=True)
+            self._thread.start()
+        elif epoch != self._next_epoch:
+            raise PipelineError(f"RayEpochs gives epochs in order: expected epoch {self._next_epoch}, asked for "
+                                f"{epoch}; start a new feed (and a new split iteration) to jump")  # fmt: skip
+        self._next_epoch = epoch + 1
+        return itertools.islice(self._consume(epoch), skip, None)
+
+    def close(self) -> None:
+        """Stop the thread (it may stay parked in Ray until the worker exits; it is a daemon)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> RayEpochs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _produce(self, first: int) -> None:
+        try:
+            for epoch in itertools.count(first):
+                for batch in ray_batches(self._shards, self._config, epoch=epoch, prefetch_batches=self._prefetch):
+                    if not self._put((epoch, batch)):
+                        return
+                if not self._put((epoch, _END)):
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            self._put((-1, err))
+
+    def _put(self, item: tuple[int, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _consume(self, epoch: int) -> Iterator[dict[str, Any]]:
+        while True:
+            if self._error is not None:
+                raise self._error
+            try:
+                e, item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._thread is not None and not self._thread.is_alive() and self._queue.empty():
+                    raise PipelineError("the RayEpochs thread stopped without an error or an end of epoch; "
+                                        "was the feed closed?") from None  # fmt: skip
+                continue
+            if isinstance(item, BaseException):
+                self._error = item
+                raise item
+            if e < epoch:  # the rest of an epoch the trainer left unfinished
+                continue
+            if item is _END:
+                return
+            yield item
