@@ -18,7 +18,8 @@ from pipeline.config import IngestConfig, load_config
 from pipeline.incremental import run_incremental
 from pipeline.ingest import run_ingest
 from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
-from pipeline.ray_loader import ray_batches, ray_datasets
+from pipeline.errors import PipelineError
+from pipeline.ray_loader import RayEpochs, ray_batches, ray_datasets
 from pipeline.state import read_superseded
 from pipeline.store import StoreLayout, read_index
 
@@ -89,6 +90,42 @@ def test_streaming_split_gives_two_disjoint_streams_covering_every_chip(stores: 
     assert not errors, errors
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == _chips(stores["landsat"])
+
+
+def test_ray_epochs_read_ahead_on_two_splits_each_epoch_covers_every_chip_once(stores: dict[str, str]) -> None:
+    """`RayEpochs` on both splits of one dataset, consumed at different speeds for 3 epochs: every epoch gives
+    every chip exactly once across the two ranks (no batch of another epoch mixed in), and nothing hangs."""
+    import time
+
+    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=2, patch_sizes_m=(30,), drop_last=False)
+    splits = ray_datasets(config)["landsat"].streaming_split(2)
+    seen: list[dict[int, list[str]]] = [{}, {}]
+    errors: list[BaseException] = []
+
+    def consume(k: int) -> None:
+        try:
+            with RayEpochs({"landsat": splits[k]}, config, ahead=2) as feed:
+                for epoch in range(3):
+                    seen[k][epoch] = []
+                    for batch in feed.batches_for(epoch):
+                        seen[k][epoch] += batch["chip_id"]
+                        time.sleep(0.05 * k)  # rank 1 is the slow one
+                with pytest.raises(PipelineError):
+                    next(iter(feed.batches_for(7)))  # epochs are asked for in order
+        except BaseException as err:  # noqa: BLE001 - re-raised in the test thread below
+            errors.append(err)
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not any(th.is_alive() for th in threads), "a RayEpochs consumer hung"
+    assert not errors, errors
+    for epoch in range(3):
+        a, b = seen[0][epoch], seen[1][epoch]
+        assert a and b and not set(a) & set(b), epoch
+        assert sorted(a + b) == _chips(stores["landsat"]), epoch
 
 
 def test_ray_mixing_one_dataset_and_patch_size_per_batch(stores: dict[str, str]) -> None:
