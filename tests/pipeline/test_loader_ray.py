@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +70,32 @@ def test_ray_batches_follow_the_contract_and_equal_the_plain_path(stores: dict[s
             assert torch.equal(b["landsat_dates"][i], dates)
 
 
-def test_streaming_split_gives_two_disjoint_streams_covering_every_chip(stores: dict[str, str]) -> None:
-    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=3, patch_sizes_m=(30,), drop_last=False)
-    splits = ray_datasets(config)["landsat"].streaming_split(2)
-    seen: list[list[str]] = [[], []]
+def _run_ranks(consume: Callable[[int], Any], n: int = 2) -> list[Any]:
+    """Run `consume(rank)` for `n` ranks in threads (as DDP workers consume their splits at once); return the
+    results, re-raising a rank's error and failing if a rank hangs."""
+    results: list[Any] = [None] * n
     errors: list[BaseException] = []
 
-    def consume(k: int) -> None:
+    def run(k: int) -> None:
         try:
-            seen[k] = [c for b in ray_batches({"landsat": splits[k]}, config) for c in b["chip_id"]]
+            results[k] = consume(k)
         except BaseException as err:  # noqa: BLE001 - re-raised in the test thread below
             errors.append(err)
 
-    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout=300)
+    assert not any(th.is_alive() for th in threads), "a split consumer hung"
     assert not errors, errors
+    return results
+
+
+def test_streaming_split_gives_two_disjoint_streams_covering_every_chip(stores: dict[str, str]) -> None:
+    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=3, patch_sizes_m=(30,), drop_last=False)
+    splits = ray_datasets(config)["landsat"].streaming_split(2)
+    seen = _run_ranks(lambda k: [c for b in ray_batches({"landsat": splits[k]}, config) for c in b["chip_id"]])
     assert seen[0] and seen[1] and not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == _chips(stores["landsat"])
 
@@ -99,29 +107,19 @@ def test_ray_epochs_read_ahead_on_two_splits_each_epoch_covers_every_chip_once(s
 
     config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=2, patch_sizes_m=(30,), drop_last=False)
     splits = ray_datasets(config)["landsat"].streaming_split(2)
-    seen: list[dict[int, list[str]]] = [{}, {}]
-    errors: list[BaseException] = []
+    def consume(k: int) -> dict[int, list[str]]:
+        seen: dict[int, list[str]] = {}
+        with RayEpochs({"landsat": splits[k]}, config, ahead=2) as feed:
+            for epoch in range(3):
+                seen[epoch] = []
+                for batch in feed.batches_for(epoch):
+                    seen[epoch] += batch["chip_id"]
+                    time.sleep(0.05 * k)  # rank 1 is the slow one
+            with pytest.raises(PipelineError):
+                next(iter(feed.batches_for(7)))  # epochs are asked for in order
+        return seen
 
-    def consume(k: int) -> None:
-        try:
-            with RayEpochs({"landsat": splits[k]}, config, ahead=2) as feed:
-                for epoch in range(3):
-                    seen[k][epoch] = []
-                    for batch in feed.batches_for(epoch):
-                        seen[k][epoch] += batch["chip_id"]
-                        time.sleep(0.05 * k)  # rank 1 is the slow one
-                with pytest.raises(PipelineError):
-                    next(iter(feed.batches_for(7)))  # epochs are asked for in order
-        except BaseException as err:  # noqa: BLE001 - re-raised in the test thread below
-            errors.append(err)
-
-    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=300)
-    assert not any(th.is_alive() for th in threads), "a RayEpochs consumer hung"
-    assert not errors, errors
+    seen = _run_ranks(consume)
     for epoch in range(3):
         a, b = seen[0][epoch], seen[1][epoch]
         assert a and b and not set(a) & set(b), epoch
