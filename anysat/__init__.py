@@ -4,7 +4,6 @@ from anysat.config import SIZES, AnySatConfig
 from anysat.modalities import OFFICIAL_MODALITIES, Modality, check_inputs
 from anysat.model import AnySat, ModalityTokens
 from anysat.official import convert_official_state_dict, load_official
-from anysat.registry import from_registry
 
 __all__ = [
     "OFFICIAL_MODALITIES",
@@ -15,7 +14,6 @@ __all__ = [
     "ModalityTokens",
     "check_inputs",
     "convert_official_state_dict",
-    "from_registry",
     "load",
     "load_official",
 ]

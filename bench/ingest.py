@@ -33,10 +33,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray stays on 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.samples import SHARED_L1C_DIR, build_sample_catalogs  # noqa: E402
 from infra.local.stack import LocalStack, StackConfig  # noqa: E402
-from pipeline.config import IngestConfig, SensorSource  # noqa: E402
-from pipeline.grid import ChipGrid, plan_chips  # noqa: E402
-from pipeline.ingest import run_ingest  # noqa: E402
-from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.ingest.config import IngestConfig, SensorSource  # noqa: E402
+from pipeline.ingest.grid import ChipGrid, plan_chips  # noqa: E402
+from pipeline.ingest.run import run_ingest  # noqa: E402
+from pipeline.catalog.manifest import read_manifest  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 

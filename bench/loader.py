@@ -3,7 +3,7 @@
 The same Sentinel-2 L1C scene (`../shared/data/sentinel2-l1c-virginia`), the 10 AnySat bands at 10 m (20 m bands
 resampled, nearest), 64x64 px chips, batch 16, a torch DataLoader with 0 and 2 workers:
 
-- ours: `pipeline.loader.iter_batches` over a store ingested from the scene once in this run's setup (local STAC
+- ours: `pipeline.load.loader.iter_batches` over a store ingested from the scene once in this run's setup (local STAC
   API, `run_ingest` without Ray); with workers, each DataLoader worker is one loader rank;
 - TorchGeo 0.8.1: `RasterDataset` (one file per band) + `RandomGeoSampler` + `stack_samples`, with 0 workers
   measured twice, with torch's default intra-op threads and with one (torch's idle threads spin and cost it up to
@@ -83,9 +83,9 @@ def _ingest(scene_dir: Path, work: Path, chip_px: int) -> str:
     sys.path.insert(0, str(ROOT))
     from infra.local.samples import build_sample_catalogs
     from infra.local.stack import LocalStack, StackConfig
-    from pipeline.config import IngestConfig, SensorSource
-    from pipeline.grid import ChipGrid
-    from pipeline.ingest import run_ingest
+    from pipeline.ingest.config import IngestConfig, SensorSource
+    from pipeline.ingest.grid import ChipGrid
+    from pipeline.ingest.run import run_ingest
 
     files = build_sample_catalogs(work / "catalogs")
     l1c = [p for p in files if p.parent.name == "sentinel-2-l1c"]
@@ -108,7 +108,7 @@ def run_ours(store: str, *, batch: int, workers: int, repeats: int) -> dict[str,
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-    from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
+    from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
 
     config = LoaderConfig((DatasetSource(store),), batch_size=batch, patch_sizes_m=(40,), shuffle_buffer=64)
 
@@ -138,7 +138,7 @@ def run_rasterio(store: str, scene: Path, *, chip_px: int, batch: int, repeats: 
     from rasterio.enums import Resampling
     from rasterio.windows import from_bounds
 
-    from pipeline.store import StoreLayout, read_index
+    from pipeline.store.shards import StoreLayout, read_index
 
     bounds = np.concatenate([xr.open_zarr(u, group="chips", zarr_format=3, consolidated=False)["bounds"].values
                              for u in read_index(StoreLayout(store))["url"]])  # fmt: skip
@@ -159,8 +159,8 @@ def run_rasterio(store: str, scene: Path, *, chip_px: int, batch: int, repeats: 
 
 def run_decode(store: str, *, repeats: int) -> dict[str, Any]:
     """Ceiling of our read path: fetch and zstd-decode only the `s2/data` array of every shard, one thread."""
-    from pipeline.shard_arrays import read_arrays
-    from pipeline.store import StoreLayout, read_index
+    from pipeline.store.shard_reader import read_arrays
+    from pipeline.store.shards import StoreLayout, read_index
 
     urls = list(read_index(StoreLayout(store))["url"])
     best, n = 0.0, 0

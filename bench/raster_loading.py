@@ -1,4 +1,4 @@
-"""Benchmark: odc-stac vs stackstac behind `pipeline.raster.load_items`, against direct rasterio reads.
+"""Benchmark: odc-stac vs stackstac behind `pipeline.ingest.raster_load.load_items`, against direct rasterio reads.
 
 Same items, same windows, same grid, side by side in one run; checks that both backends return the same pixels
 as rasterio before timing them. Prints a table and one JSON line.
@@ -25,7 +25,7 @@ from rasterio.windows import from_bounds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infra.local.samples import build_sample_catalogs  # noqa: E402
-from pipeline.raster import item_epsg, load_items  # noqa: E402
+from pipeline.ingest.raster_load import item_epsg, load_items  # noqa: E402
 
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 

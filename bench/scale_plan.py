@@ -170,7 +170,7 @@ def measure_store(url: str) -> dict[str, float]:
     import xarray as xr
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pipeline.store import StoreLayout, read_index
+    from pipeline.store.shards import StoreLayout, read_index
 
     index = read_index(StoreLayout(url))
     fs, root = fsspec.core.url_to_fs(url)

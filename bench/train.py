@@ -5,7 +5,7 @@ Measured side by side in one run, same model (tiny unless told), same batch, sam
 1. step time (fastest and median over `--steps` after `--warmup`) of `anysat.train.Trainer.step` on one fixed batch, in this
    process and inside a Ray Train TorchTrainer worker (1 worker, gloo); ratio Ray / plain (target <= 1.05);
 2. share of step time spent waiting for data while pretraining from the store: `fit` over the plain loader
-   (`pipeline.loader.iter_batches`) here, and in the Ray worker over `pipeline.ray_loader.RayEpochs` (the
+   (`pipeline.load.loader.iter_batches`) here, and in the Ray worker over `pipeline.load.ray_loader.RayEpochs` (the
    next epoch's stream prefetched, what jobs/pretrain.py uses) and over `ray_batches` called once per epoch
    (each epoch's stream started when the trainer asks for it), one after the other on the same splits
    (target <= 5%);
@@ -42,7 +42,7 @@ from anysat.train import OptimConfig, Trainer, fit  # noqa: E402
 
 
 def _loader_config(store: str, batch_size: int) -> Any:
-    from pipeline.loader import DatasetSource, LoaderConfig
+    from pipeline.load.loader import DatasetSource, LoaderConfig
 
     src = DatasetSource(store, modalities={"s2": "s2", "s1": "s1-asc"})
     return LoaderConfig((src,), batch_size=batch_size, patch_sizes_m=(40,), shuffle_buffer=8)
@@ -58,7 +58,7 @@ def _batch(args: argparse.Namespace) -> dict[str, Any]:
             out[f"{key}_dates"] = torch.randint(1, 366, (b, t), generator=g)
             out[f"{key}_mask"] = torch.ones(b, t, dtype=torch.bool)
         return out
-    from pipeline.loader import iter_batches
+    from pipeline.load.loader import iter_batches
 
     return next(iter_batches(_loader_config(args.store, args.batch_size)))
 
@@ -100,7 +100,7 @@ def _ray_worker(cfg: dict[str, Any]) -> None:
 
     import ray.train
 
-    from pipeline.ray_loader import RayEpochs, ray_batches
+    from pipeline.load.ray_loader import RayEpochs, ray_batches
 
     torch.set_num_threads(cfg["threads"])
     times = step_times("tiny", cfg["batch"], warmup=cfg["warmup"], steps=cfg["steps"])
@@ -129,7 +129,7 @@ def ray_figures(args: argparse.Namespace, batch: dict[str, Any]) -> dict[str, fl
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     datasets, loader = {}, None
     if not args.synthetic:
-        from pipeline.ray_loader import ray_datasets
+        from pipeline.load.ray_loader import ray_datasets
 
         loader = _loader_config(args.store, args.batch_size)
         datasets = ray_datasets(loader)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_times = step_times("tiny", batch, warmup=args.warmup, steps=args.steps)
     plain_wait = plain_sps = float("nan")
     if not args.synthetic:
-        from pipeline.loader import iter_batches
+        from pipeline.load.loader import iter_batches
 
         cfg = _loader_config(args.store, args.batch_size)
         plain_wait, plain_sps = wait_share(lambda e, s: iter_batches(cfg, epoch=e, skip_batches=s),

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.quicklook import optical_rgb, sar_composite, write_quicklook
-from pipeline.raster import item_epsg, load_items
-from pipeline.stac import StacQuery, search_items
+from pipeline.ingest.quicklook import optical_rgb, sar_composite, write_quicklook
+from pipeline.ingest.raster_load import item_epsg, load_items
+from pipeline.catalog.search import StacQuery, search_items
 
 log = logging.getLogger("demo")
 

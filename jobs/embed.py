@@ -1,6 +1,6 @@
 """Embed one chip with a registered encoder: `python jobs/embed.py --model models:/anysat-demo@candidate`.
 
-Loads the encoder from the MLflow registry (MLFLOW_TRACKING_URI) with `anysat.from_registry` — safetensors
+Loads the encoder from the MLflow registry (MLFLOW_TRACKING_URI) with `modelops.from_registry` — safetensors
 weights and a JSON config, nothing pickled — reads the first batch of one chip from a store with the training
 loader (same normalisation) and prints one JSON line: the chip id, the patch size and its tile embedding.
 """
@@ -15,8 +15,8 @@ import sys
 
 import torch
 
-import anysat
-from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
+import modelops
+from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one JSON line on stdout, quiet stderr
-    model = anysat.from_registry(args.model).eval()
+    model = modelops.from_registry(args.model).eval()
     source = DatasetSource(args.store, modalities=dict(m.split("=", 1) for m in args.mapping))
     batch = next(iter_batches(LoaderConfig((source,), batch_size=1, patch_sizes_m=(args.patch_size,),
                                            shuffle_buffer=0)))  # fmt: skip

@@ -20,11 +20,12 @@ import signal
 import sys
 from dataclasses import asdict
 
-from pipeline.config import IngestConfig, load_config
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
-from pipeline.incremental import run_incremental
-from pipeline.ingest import run_ingest
-from pipeline.lease import LeaseHeld
+from pipeline.ingest.incremental import run_incremental
+from pipeline.ingest.run import run_ingest
+from pipeline.ingest.lease import LeaseHeld
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -13,7 +13,7 @@ import sys
 
 from mlflow.exceptions import MlflowException
 
-from anysat.registry import promote
+from modelops.registry import promote
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ launcher's schema shipped inside the installed ray package; nothing is fetched.
 from __future__ import annotations
 
 import copy
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -171,19 +171,14 @@ def _job_commands() -> Iterator[tuple[str, list[str]]]:
 JOB_COMMANDS = dict(_job_commands())
 
 
+JOB_CONFIGS = {"jobs/ingest.py": ("pipeline.ingest.config", "IngestConfig"),
+               "jobs/pretrain.py": ("modelops.pretrain_config", "PretrainConfig")}
+
+
 def _job_config_class(script: str) -> type:
-    """`<Job>Config` of `jobs/<job>.py`, imported as the script runs (its folder first on sys.path)."""
-    name = Path(script).stem
-    sys.path.insert(0, str(ROOT / "jobs"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"_job_{name}", ROOT / script)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # the config loader resolves type hints through the module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
-    return getattr(module, f"{name.title().replace('_', '')}Config")
+    """The typed config class a job loads (library code, imported like any module)."""
+    module, name = JOB_CONFIGS[script]
+    return getattr(importlib.import_module(module), name)
 
 
 def _job_flags(script: str) -> set[str]:

@@ -14,7 +14,7 @@ import pytest
 from shapely.geometry import box, shape
 
 from infra.local.stack import LocalStack, StackConfig
-from pipeline.stac import StacQuery, open_client, search_items
+from pipeline.catalog.search import StacQuery, open_client, search_items
 
 pytestmark = pytest.mark.stack
 

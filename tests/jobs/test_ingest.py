@@ -13,9 +13,10 @@ import pytest
 import s3fs
 import xarray as xr
 
-from pipeline.config import IngestConfig, load_config
-from pipeline.ingest import run_ingest
-from pipeline.store import StoreLayout, read_index
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.run import run_ingest
+from pipeline.store.shards import StoreLayout, read_index
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,9 @@ import rasterio
 
 from infra.local.catalog_items import write_cog
 from infra.local.services import free_port
-from pipeline.config import IngestConfig, load_config
-from pipeline.ingest import run_ingest
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.run import run_ingest
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]

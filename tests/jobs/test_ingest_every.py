@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.state import read_runs
+from pipeline.ingest.state import read_runs
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,14 +21,16 @@ import s3fs
 import xarray as xr
 
 from infra.local.services import free_port
-from pipeline.config import IngestConfig, load_config
-from pipeline.incremental import cell_of, run_incremental
-from pipeline.lease import Lease, LeaseHeld
-from pipeline.manifest import freeze_manifest, read_manifest
-from pipeline.stac import StacQuery, search_items
-from pipeline.state import read_runs, read_state, read_superseded
-from pipeline.stats import merge_stats, stats_from_json
-from pipeline.store import StoreLayout, read_index
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.incremental import cell_of, run_incremental
+from pipeline.ingest.lease import Lease, LeaseHeld
+from pipeline.catalog.manifest import freeze_manifest, read_manifest
+from pipeline.catalog.search import StacQuery, search_items
+from pipeline.ingest.state import read_runs, read_state
+from pipeline.store.superseded import read_superseded
+from pipeline.store.stats import merge_stats, stats_from_json
+from pipeline.store.shards import StoreLayout, read_index
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]

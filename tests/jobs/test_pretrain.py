@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from anysat import AnySat, from_registry
+from anysat import AnySat
+from modelops import from_registry
 from anysat.train import read_state
-from pipeline.config import IngestConfig, load_config
-from pipeline.ingest import run_ingest
-from pipeline.loader import DatasetSource, LoaderConfig, iter_batches
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.run import run_ingest
+from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
 
 pytestmark = pytest.mark.stack
 ROOT = Path(__file__).resolve().parents[2]

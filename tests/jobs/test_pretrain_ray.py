@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from pipeline.config import IngestConfig, load_config
-from pipeline.ingest import run_ingest
+from pipeline.config import load_config
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.run import run_ingest
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

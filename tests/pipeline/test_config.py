@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import IngestConfig, load_config, to_dict
+from pipeline.config import load_config, to_dict
+from pipeline.ingest.config import IngestConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,252 @@
+"""Pretraining runs behind jobs/pretrain.py: dataset facts, the plain and the Ray Train paths, MLflow logging, registration.
+
+Both paths run the same `_train` body around `anysat.train.fit`; they differ only in where batches come from
+(`pipeline.load.loader.iter_batches` in this process, or `ray_batches` over `get_dataset_shard` on each Ray Train
+worker), how checkpoints are stored (a directory under `<storage>/<run name>/` or `ray.train.report`) and
+where a restarted run finds its last checkpoint (on Ray, `RayEpochs` also prefetches across epoch boundaries).
+Only rank 0 logs to MLflow and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from anysat import AnySat
+from anysat.jepa import Jepa
+from modelops.registry import register_encoder
+from modelops.tracking import Tracker, write_loss_curve
+from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint, wrap_ddp
+from pipeline.config import to_dict
+from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
+from pipeline.store.shards import StoreLayout, read_index
+
+if TYPE_CHECKING:
+    from modelops.pretrain_config import PretrainConfig
+
+log = logging.getLogger("pretrain")
+CKPT_PREFIX = "checkpoint_"
+
+
+def dataset_facts(data: LoaderConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """Per dataset: manifest version(s), shards and chips as MLflow params, and its stats.json (validates URLs)."""
+    import fsspec
+
+    params: dict[str, str] = {}
+    stats: dict[str, Any] = {}
+    for src in data.datasets:
+        stats[src.name] = read_stats(src.url)
+        index = read_index(StoreLayout(src.url))
+        fs, root = fsspec.core.url_to_fs(src.url)
+        manifests = sorted(Path(p).stem for p in fs.glob(f"{root.rstrip('/')}/manifests/*.parquet"))
+        params |= {f"dataset.{src.name}.manifest": ",".join(manifests), f"dataset.{src.name}.url": src.url,
+                   f"dataset.{src.name}.shards": str(len(index)),
+                   f"dataset.{src.name}.chips": str(int(index["n_chips"].sum()) if len(index) else 0)}  # fmt: skip
+    return params, stats
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if re.fullmatch(rf"{CKPT_PREFIX}\d+", p.name)]
+    return sorted(found, key=lambda p: read_state(p)["state"]["step"])
+
+
+def existing_checkpoint(cfg: PretrainConfig) -> str | None:
+    """The run's latest checkpoint on its storage (local or s3://), or None."""
+    fs, path = storage_fs(cfg.run.storage)
+    from pyarrow import fs as pafs
+
+    run_dir = f"{path.rstrip('/')}/{cfg.run.name}"
+    infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if re.fullmatch(rf"{CKPT_PREFIX}\d+", i.base_name))
+    return f"{run_dir}/{names[-1]}" if names else None
+
+
+def storage_fs(storage: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and path for the run storage: a local path, or s3:// with AWS_ENDPOINT_URL if set."""
+    from pyarrow import fs as pafs
+
+    if not storage.startswith("s3://"):
+        return pafs.LocalFileSystem(), str(Path(storage).resolve())
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    scheme, _, host = endpoint.partition("://")
+    kwargs = {"endpoint_override": host, "scheme": scheme} if endpoint else {}
+    return pafs.S3FileSystem(**kwargs), storage.removeprefix("s3://")
+
+
+def _build_trainer(cfg: PretrainConfig, *, rank: int, device: torch.device) -> Trainer:
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    jepa = Jepa(AnySat(cfg.model.anysat()), dataclasses.replace(cfg.jepa, seed=cfg.jepa.seed + rank)).to(device)
+    return Trainer(jepa, cfg.optim, device=device)
+
+
+def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
+           batches_for: Callable[[int, int], Iterable[Mapping[str, Any]]], restore: str | None,
+           save: Callable[[Trainer, StepReport, dict[str, Any]], None],
+           tracking: tuple[str, str | None]) -> Trainer:  # fmt: skip
+    """The body every rank runs: build, restore, wrap in DDP, fit, report to MLflow (rank 0)."""
+    trainer = _build_trainer(cfg, rank=rank, device=device)
+    resumes: list[dict[str, Any]] = []
+    if restore:
+        state = load_checkpoint(trainer, restore)
+        resumes = list(read_state(restore)["extra"].get("resumes", []))
+        resumes.append({"step": state.step, "target_sha256": weights_digest(trainer.jepa.target)})
+        log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in)", rank, restore, state.step,
+                 state.epoch, state.batches_in_epoch)  # fmt: skip
+    if world > 1:
+        keys = [set(src.modalities.values()) if src.modalities else None for src in cfg.data.datasets]
+        known = None if None in keys else [k for k in keys if k is not None]
+        trainer.forward = wrap_ddp(trainer.jepa, device, batch_keys=known)
+    tracker = Tracker(tracking[0], run_id=tracking[1]) if rank == 0 and tracking[1] else None
+    last: dict[str, StepReport] = {}
+
+    def report(r: StepReport) -> None:
+        last["r"] = r
+        if tracker is not None and (r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps):
+            tracker.log_metrics(r.metrics(), step=r.step)
+        if r.step % cfg.run.log_every == 0:
+            log.info("step %d loss %.4f (pred %.4f nce %.4f) lr %.2e ema %.5f %.1f samples/s wait %.0f%%", r.step,
+                     r.loss, r.loss_pred, r.loss_nce, r.lr, r.ema_momentum, r.samples_per_s, 100 * r.data_wait_share)
+        if cfg.run.fail_at_step and r.step == cfg.run.fail_at_step and restore is None and rank == world - 1:
+            log.warning("fail_at_step=%d (test-only): rank %d exits abruptly", r.step, rank)
+            os._exit(1)
+
+    def checkpoint(t: Trainer) -> None:
+        save(t, last["r"], {"config": to_dict(cfg), "resumes": resumes})
+
+    fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every)
+    return trainer
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's weights as safetensors bytes (proves a restored EMA target equals the checkpoint's)."""
+    from safetensors.torch import save
+
+    return hashlib.sha256(save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()})).hexdigest()
+
+
+# -- plain path ------------------------------------------------------------------------------------------------
+def run_plain(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> Path:
+    """Train in this process (no Ray); checkpoints go to `<storage>/<run name>/checkpoint_<step>`."""
+    run_dir = Path(cfg.run.storage) / cfg.run.name
+    device = torch.device("cuda" if cfg.run.use_gpu and torch.cuda.is_available() else "cpu")
+
+    def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
+        save_checkpoint(t, run_dir / f"{CKPT_PREFIX}{t.state.step:06d}", extra=extra)
+        for old in _checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def batches_for(epoch: int, skip: int) -> Iterable[Mapping[str, Any]]:
+        return iter_batches(cfg.data, epoch=epoch, skip_batches=skip)
+
+    _train(cfg, rank=0, world=1, device=device, batches_for=batches_for, restore=restore, save=save,
+           tracking=tracking)  # fmt: skip
+    return _checkpoints(run_dir)[-1]
+
+
+# -- Ray Train path ----------------------------------------------------------------------------------------------
+def _ray_worker(loop_config: dict[str, Any]) -> None:
+    """`train_loop_per_worker`: restore from Ray's latest checkpoint (after a failure) or `--resume`'s, then train."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from pipeline.load.ray_loader import RayEpochs
+
+    cfg: PretrainConfig = loop_config["config"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    log.info("rank %d of %d on node %s", rank, world, ray.get_runtime_context().get_node_id())
+    shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
+    def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
+        metrics = {**r.metrics(), "step": t.state.step}
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                path = save_checkpoint(t, Path(tmp) / "ckpt", extra=extra)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+                                 checkpoint_dir_name=f"{CKPT_PREFIX}{t.state.step:06d}")  # fmt: skip
+            else:
+                ray.train.report(metrics)
+
+    checkpoint = ray.train.get_checkpoint()
+    with tempfile.TemporaryDirectory() as tmp:
+        restore = None
+        if checkpoint is None and loop_config["resume_from"]:
+            fs, _ = storage_fs(cfg.run.storage)
+            checkpoint = ray.train.Checkpoint(loop_config["resume_from"], filesystem=fs)
+        if checkpoint is not None:
+            restore = checkpoint.to_directory(str(Path(tmp) / "restore"))
+        with RayEpochs(shards, cfg.data) as feed:  # the next epoch's stream starts before this one ends
+            _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(), batches_for=feed.batches_for,
+                   restore=restore, save=save, tracking=loop_config["tracking"])  # fmt: skip
+
+
+def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> Path:
+    """Train with Ray Train's TorchTrainer (gloo on CPU, nccl on GPU); returns the final checkpoint, local."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.load.ray_loader import ray_datasets
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address.startswith("http"):  # a dashboard URL (for `ray job submit`) is not a cluster address
+        address = os.environ.get("RAY_GCS_ADDRESS", "")
+    ray.init(address=address or "local", log_to_driver=True)
+    fs, path = storage_fs(cfg.run.storage)
+    resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1.0} if cfg.run.use_gpu else {})
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"config": cfg, "resume_from": restore, "tracking": tracking},
+        scaling_config=ScalingConfig(num_workers=cfg.run.workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker=resources, placement_strategy=cfg.run.placement),
+        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        run_config=RunConfig(name=cfg.run.name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+        datasets=ray_datasets(cfg.data),
+    )  # fmt: skip
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    local = Path(tempfile.mkdtemp(prefix="anysat-final-"))
+    return Path(result.checkpoint.to_directory(str(local / "checkpoint")))
+
+
+# -- after training ---------------------------------------------------------------------------------------------
+def finish(cfg: PretrainConfig, final: Path, tracker: Tracker, *, out_dir: Path) -> dict[str, Any]:
+    """Loss curve and config as artifacts, the encoder registered with alias `candidate`; returns a summary."""
+    state = read_state(final)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = write_loss_curve(state["state"]["history"], out_dir / "loss_curve.png")
+    cfg_file = out_dir / "config.json"
+    cfg_file.write_text(json.dumps(state["extra"]["config"], indent=2, sort_keys=True) + "\n")
+    version = None
+    if tracker.active:
+        tracker.log_artifact(png)
+        tracker.log_artifact(cfg_file)
+        if cfg.run.registered_model:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                version = register_encoder(final / "student", name=cfg.run.registered_model,
+                                           tracking_uri=tracker.uri, run_id=str(tracker.run_id))  # fmt: skip
+            except (MlflowException, OSError) as err:  # the trained run is kept either way
+                log.warning("registering the encoder failed (%s); the checkpoint stays at %s", err, final)
+    last = state["state"]["history"][-1]
+    return {"run_id": tracker.run_id, "tracking": "on" if tracker.active else f"off: {tracker.disabled_reason}",
+            "steps": state["state"]["step"], "final_loss": last[1], "checkpoint": str(final),
+            "registered_model": cfg.run.registered_model if version else None, "version": version,
+            "resumes": state["extra"].get("resumes", []), "loss_curve": str(png)}  # fmt: skip

@@ -1,0 +1,161 @@
+"""Frozen manifests: a search result as Parquet rows of item JSON, whose content hash is the dataset version.
+
+After the search, the rest of an ingestion reads only the manifest, so a re-run sees exactly the same items
+even if the catalog changed. Hrefs are stored unsigned (any SAS token is stripped) and the hash does not depend
+on the order in which the API returned the items. Writing is atomic and idempotent:
+`<root>/manifests/<hash>.parquet` is written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pystac
+
+from pipeline.errors import ManifestError
+from pipeline.catalog.signing import redact, unsigned
+
+__all__ = ["Manifest", "freeze_manifest", "manifest_rows", "read_manifest"]
+
+COLUMNS = ("modality", "collection", "item_id", "datetime", "cloud_cover", "epsg", "bbox", "geometry", "item_json")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A frozen search result.
+
+    Attributes:
+        version: sha256 hex digest of the canonical rows (the dataset version).
+        url: Where the Parquet file lives.
+        rows: One row per (modality, item), sorted, with the columns in `COLUMNS`.
+    """
+
+    version: str
+    url: str
+    rows: pd.DataFrame
+
+    def items(self, modality: str | None = None) -> list[pystac.Item]:
+        """The items (unsigned hrefs), optionally of one modality, in row order."""
+        rows = self.rows if modality is None else self.rows[self.rows["modality"] == modality]
+        return [pystac.Item.from_dict(json.loads(s)) for s in rows["item_json"]]
+
+
+def _clean_item(item: pystac.Item) -> dict[str, Any]:
+    """Item dict with unsigned hrefs and no links: links point at the API that served the item (its host and
+    port), which would change the dataset version without any change of data."""
+    raw = item.to_dict(include_self_link=False, transform_hrefs=False)
+    for asset in raw.get("assets", {}).values():
+        asset["href"] = unsigned(asset["href"])
+    raw["links"] = []
+    return raw
+
+
+def _epsg(raw: Mapping[str, Any]) -> int | None:
+    props = raw.get("properties", {})
+    code = props.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":")[1])
+    if props.get("proj:epsg") is not None:
+        return int(props["proj:epsg"])
+    for asset in raw.get("assets", {}).values():
+        code = asset.get("proj:code")
+        if isinstance(code, str) and code.upper().startswith("EPSG:"):
+            return int(code.split(":")[1])
+        if asset.get("proj:epsg") is not None:
+            return int(asset["proj:epsg"])
+    return None
+
+
+def manifest_rows(items_by_modality: Mapping[str, Sequence[pystac.Item]]) -> pd.DataFrame:
+    """Canonical, sorted rows of the manifest (no I/O)."""
+    records = []
+    for modality, items in items_by_modality.items():
+        for item in items:
+            raw = _clean_item(item)
+            props = raw.get("properties", {})
+            records.append({
+                "modality": modality, "collection": raw.get("collection") or "", "item_id": raw["id"],
+                "datetime": props.get("datetime") or props.get("start_datetime") or "",
+                "cloud_cover": props.get("eo:cloud_cover"), "epsg": _epsg(raw),
+                "bbox": json.dumps(raw.get("bbox")), "geometry": json.dumps(raw.get("geometry"), sort_keys=True),
+                "item_json": json.dumps(raw, sort_keys=True, separators=(",", ":")),
+            })  # fmt: skip
+    frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
+    dupes = frame.duplicated(["modality", "collection", "item_id"])
+    if dupes.any():  # paging can repeat an item; keep one, identical rows only
+        repeated = frame[frame.duplicated(["modality", "collection", "item_id"], keep=False)]
+        if repeated.groupby(["modality", "collection", "item_id"])["item_json"].nunique().max() > 1:
+            raise ManifestError("the search returned the same item id twice with different content; "
+                                "re-run the search or pin the catalog")  # fmt: skip
+        frame = frame[~dupes]
+    frame = frame.sort_values(["modality", "collection", "item_id"], kind="stable").reset_index(drop=True)
+    frame["epsg"] = frame["epsg"].astype("Int64")
+    return frame
+
+
+def _version(rows: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for modality, item_json in zip(rows["modality"], rows["item_json"], strict=True):
+        digest.update(modality.encode() + b"\x00" + item_json.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def freeze_manifest(items_by_modality: Mapping[str, Sequence[pystac.Item]], *, root: str,
+                    storage_options: Mapping[str, Any] | None = None) -> Manifest:  # fmt: skip
+    """Write the manifest under `<root>/manifests/<version>.parquet` (once) and return it.
+
+    Args:
+        items_by_modality: Items found per modality key (e.g. `{"s2": [...], "s1": [...]}`).
+        root: Dataset root: a local path or an fsspec URL (`s3://bucket/prefix`).
+        storage_options: fsspec options (e.g. the S3 endpoint); never written anywhere.
+
+    Raises:
+        ManifestError: No items, or the file could not be written.
+    """
+    rows = manifest_rows(items_by_modality)
+    if rows.empty:
+        raise ManifestError("the search found no items; widen the area, the dates or the cloud-cover limit")
+    leaked = rows["item_json"].str.contains("sig=", regex=False) & rows["item_json"].str.contains("blob.core", regex=False)
+    if leaked.any():
+        raise ManifestError(f"refusing to store signed hrefs: {redact(rows['item_json'][leaked].iloc[0][:200])}")
+    version = _version(rows)
+    url = f"{root.rstrip('/')}/manifests/{version}.parquet"
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    try:
+        if not fs.exists(path):
+            buffer = io.BytesIO()
+            rows.to_parquet(buffer, index=False)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{path}.tmp-{hashlib.sha1(buffer.getvalue()).hexdigest()[:8]}"
+            with fs.open(tmp, "wb") as f:
+                f.write(buffer.getvalue())
+            fs.mv(tmp, path)  # local: atomic rename; object stores: copy, then the tmp object is removed
+    except OSError as err:
+        raise ManifestError(f"could not write the manifest to {url}: {redact(str(err))}") from err
+    return Manifest(version, url, rows)
+
+
+def read_manifest(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
+    """Read a manifest written by `freeze_manifest` and check its content against the version in its name.
+
+    Raises:
+        ManifestError: Missing file or content that does not match its version.
+    """
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    try:
+        with fs.open(path, "rb") as f:
+            rows = pd.read_parquet(io.BytesIO(f.read()))
+    except (OSError, FileNotFoundError) as err:
+        raise ManifestError(f"could not read the manifest {url}: {err}") from err
+    version = _version(rows)
+    expected = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+    if version != expected:
+        raise ManifestError(f"manifest {url} was modified: its content hashes to {version}, not {expected}")
+    return Manifest(version, url, rows)

@@ -1,0 +1,340 @@
+"""Incremental ingestion: search only what is new or updated since the last run, write only the chips it changes.
+
+One run, under the dataset's lease (`pipeline.ingest.lease`):
+
+1. Search the config's area for items acquired at or after the acquisition watermark, or whose `updated` is at
+   or after the updated watermark (`pipeline.ingest.state`). Items already held with identical content are dropped;
+   the rest (new or updated items) are frozen as this run's manifest.
+2. The snapshot manifest (every item the dataset is built from) is the previous snapshot with these items
+   added or replaced; it is frozen too, and the chips are planned over it exactly as a full run would.
+3. Chip ids are versioned by content: `<cell>_v<tag>`, where the tag hashes the (modality, item id, item JSON)
+   of the items the chip is built from. A chip whose inputs did not change keeps its id and is not written
+   again; a chip that gained a date or uses an updated item gets a new id, so it never collides with the
+   version already stored. The older version stays in its shard and is listed in `state/superseded.parquet`.
+4. Only chips not yet in the shard index are grouped into new shards (deterministic ids), written, appended to
+   the index, and their statistics merged into `stats.json`. The new state (watermarks, manifests) is written
+   last, then the run's row in `state/runs.parquet` is marked succeeded.
+
+A run that died (its row still says `running`) is recovered by the next one: the index is rebuilt from the
+commit markers and the statistics recomputed from every committed shard, so nothing it committed is lost or
+written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import pystac
+
+from pipeline.config import to_dict
+from pipeline.ingest.config import IngestConfig
+from pipeline.errors import PipelineError
+from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
+from pipeline.ingest.run import shard_plans, write_quicklooks, write_shards, write_table
+from pipeline.ingest.lease import Lease
+from pipeline.catalog.manifest import Manifest, freeze_manifest, manifest_rows, read_manifest
+from pipeline.catalog.signing import redact
+from pipeline.catalog.search import StacQuery, search_items
+from pipeline.ingest.state import DatasetState, RunRecord, new_run_id, read_runs, read_state, record_run, write_state
+from pipeline.store.superseded import append_superseded, read_superseded
+from pipeline.store.stats import merge_stats, stats_from_json, stats_to_json
+from pipeline.store.shards import StoreLayout, read_index, rebuild_index
+
+__all__ = ["IncrementalSummary", "cell_of", "default_owner", "run_incremental", "version_chips"]
+
+log = logging.getLogger(__name__)
+KEY = ["modality", "collection", "item_id"]
+
+
+@dataclass(frozen=True)
+class IncrementalSummary:
+    """What an incremental run did."""
+
+    run_id: str
+    status: str
+    items_new: int = 0
+    items_updated: int = 0
+    chips_planned: int = 0
+    chips_written: int = 0
+    chips_superseded: int = 0
+    shards_written: int = 0
+    manifest_version: str = ""
+    snapshot_version: str = ""
+    rejects: Mapping[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def default_owner() -> str:
+    """A lease owner id: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def cell_of(chip_id: str) -> str:
+    """The grid cell of a versioned chip id (`<cell>_v<tag>` → `<cell>`)."""
+    return chip_id.rsplit("_v", 1)[0]
+
+
+def version_chips(plans: list[ChipPlan], rows: pd.DataFrame) -> list[ChipPlan]:
+    """Give each planned chip the id `<cell>_v<tag>`, the tag hashing the content of the items it uses."""
+    digest = {(m, i): hashlib.sha256(j.encode()).hexdigest() for m, i, j in
+              zip(rows["modality"], rows["item_id"], rows["item_json"], strict=True)}  # fmt: skip
+    out = []
+    for plan in plans:
+        h = hashlib.sha256()
+        for modality in sorted(plan.items):
+            for item_id in plan.items[modality]:
+                h.update(f"{modality}|{item_id}|{digest[(modality, item_id)]}\n".encode())
+        out.append(replace(plan, chip_id=f"{plan.chip_id}_v{h.hexdigest()[:12]}"))
+    return out
+
+
+def _now(clock: Callable[[], float]) -> str:
+    return datetime.fromtimestamp(clock(), timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[dict[str, list[pystac.Item]], str]:
+    """Items acquired at or after the acquisition watermark, or updated at or after the updated watermark."""
+    begin, end = config.datetime.split("/")
+    acquired_from = state.acquired_until or begin
+    found: dict[str, list[pystac.Item]] = {}
+    for sensor in config.sensors:
+        url = sensor.stac_url or stac_url
+        if not url:
+            raise PipelineError(f"sensor {sensor.modality!r} has no stac_url and no default STAC API was given")
+        base = StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox, datetime=config.datetime,
+                         max_cloud_cover=sensor.max_cloud_cover, page_size=config.page_size)  # fmt: skip
+        items: dict[str, pystac.Item] = {}
+        end_dt, from_dt = _parse(end), _parse(acquired_from)
+        if end_dt is None or from_dt is None or from_dt <= end_dt:
+            for item in search_items(replace(base, datetime=f"{acquired_from}/{end}")):
+                items[item.id] = item
+        if state.updated_until:
+            for item in search_items(replace(base, updated_after=state.updated_until)):
+                items[item.id] = item
+        found[sensor.modality] = list(items.values())
+        log.info("%s: %d new or updated candidates from %s", sensor.modality, len(items), sensor.collection)
+    return found, acquired_from
+
+
+def _watermarks(rows: pd.DataFrame) -> tuple[str, str]:
+    acquired = [d for d in (_parse(t) for t in rows["datetime"]) if d is not None]
+    updated = [d for d in (_parse(json.loads(j).get("properties", {}).get("updated")) for j in rows["item_json"])
+               if d is not None]  # fmt: skip
+    iso = lambda ds: max(ds).astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ds else ""  # noqa: E731
+    return iso(acquired), iso(updated)
+
+
+def _delta(found: Mapping[str, list[pystac.Item]], previous: Manifest | None) -> tuple[pd.DataFrame, int, int]:
+    """Rows of the found items that are new or differ from the snapshot; counts of new and updated."""
+    rows = manifest_rows(found)
+    if previous is None or rows.empty:
+        return rows, len(rows), 0
+    old = previous.rows.set_index(KEY)["item_json"]
+    keys = list(zip(rows["modality"], rows["collection"], rows["item_id"], strict=True))
+    known = [k in old.index for k in keys]
+    same = [k in old.index and old[k] == j for k, j in zip(keys, rows["item_json"], strict=True)]
+    changed = rows[[not s for s in same]].reset_index(drop=True)
+    n_updated = sum(k and not s for k, s in zip(known, same, strict=True))
+    return changed, len(changed) - n_updated, n_updated
+
+
+def _items(rows: pd.DataFrame) -> dict[str, list[pystac.Item]]:
+    out: dict[str, list[pystac.Item]] = {}
+    for modality, item_json in zip(rows["modality"], rows["item_json"], strict=True):
+        out.setdefault(str(modality), []).append(pystac.Item.from_dict(json.loads(item_json)))
+    return out
+
+
+def _append_index(layout: StoreLayout, index: pd.DataFrame, shard_ids: list[str]) -> pd.DataFrame:
+    """The index plus the given committed shards (read from their commit markers)."""
+    fs, root = layout.fs()
+    rows = []
+    for shard_id in shard_ids:
+        with fs.open(f"{root}/shards/{shard_id}.zarr/_COMMITTED", "rb") as f:
+            raw = json.loads(f.read())
+        raw.pop("dataset", None)
+        rows.append(raw | {"url": layout.shard_url(shard_id), "chip_ids": list(raw["chip_ids"])})
+    new = pd.DataFrame(rows, columns=list(index.columns))
+    frame = pd.concat([index, new], ignore_index=True) if len(index) else new
+    frame = frame.drop_duplicates("shard_id", keep="first").reset_index(drop=True)
+    write_table(layout, "shards.parquet", frame)
+    return frame
+
+
+def _shard_stats(layout: StoreLayout, shard_ids: list[str]) -> list[Any]:
+    fs, root = layout.fs()
+    parts = []
+    for shard_id in shard_ids:
+        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
+            parts.append(stats_from_json(json.loads(f.read())))
+    return parts
+
+
+def _update_stats(layout: StoreLayout, index: pd.DataFrame, new_shards: list[str], recompute: bool) -> None:
+    """Merge the new shards' statistics into `stats.json` (or recompute over every committed shard)."""
+    fs, root = layout.fs()
+    if recompute or not fs.exists(f"{root}/stats.json"):
+        merged = merge_stats(_shard_stats(layout, list(index["shard_id"])))
+    else:
+        with fs.open(f"{root}/stats.json", "r") as f:
+            previous = stats_from_json(json.loads(f.read()))
+        merged = merge_stats([previous, *_shard_stats(layout, new_shards)])
+    with fs.open(f"{root}/stats.json", "w") as f:
+        f.write(json.dumps(stats_to_json(merged), sort_keys=True))
+
+
+def _superseded(index: pd.DataFrame, current: list[ChipPlan], run_id: str) -> list[dict[str, str]]:
+    """Stored chips that are no longer the current version of their cell (whose replacement is stored)."""
+    stored = {c: sid for sid, ids in zip(index["shard_id"], index["chip_ids"], strict=True) for c in ids}
+    now = {cell_of(p.chip_id): p.chip_id for p in current}
+    out = []
+    for chip_id, shard_id in stored.items():
+        cell = cell_of(chip_id)
+        replacement = now.get(cell, "")
+        if replacement == chip_id or (replacement and replacement not in stored):
+            continue
+        out.append({"chip_id": chip_id, "shard_id": shard_id, "cell": cell, "superseded_by": replacement,
+                    "run_id": run_id})  # fmt: skip
+    return out
+
+
+def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
+                    use_ray: bool = True, pc_sas_url: str | None = None, owner: str | None = None,
+                    lease_ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> IncrementalSummary:  # fmt: skip
+    """Run one incremental ingestion (see the module docstring); the first run on an empty store is a full run.
+
+    Args:
+        config: The validated ingestion config (its `datetime` bounds every search).
+        stac_url: Default STAC API for sensors whose `stac_url` is empty.
+        storage_options: fsspec options of the store; never written.
+        use_ray: Write shards as Ray Data tasks.
+        pc_sas_url: Token service of Planetary Computer signing.
+        owner: Lease owner id shown to concurrent runs (default: host, pid and a random suffix).
+        lease_ttl_s: Lease lifetime; it is renewed every third of it while the run works.
+        clock: Seconds since the epoch (for the lease and the runs table).
+
+    Raises:
+        LeaseHeld: Another run holds the lease (nothing was written).
+        PipelineError: The run failed (its row in the runs table says why; the lease is released).
+    """
+    start = time.perf_counter()
+    opts = dict(storage_options or {})
+    layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
+                         storage_options=opts)  # fmt: skip
+    lease = Lease(config.store, owner=owner or default_owner(), ttl_s=lease_ttl_s, storage_options=opts, clock=clock)
+    lease.acquire()
+    with lease.keep_alive() as check:
+        started = _now(clock)
+        record = RunRecord(new_run_id(started), lease.owner, "running", started)
+        runs = read_runs(config.store, storage_options=opts)
+        abandoned = runs[runs["status"] == "running"]
+        for row in abandoned.to_dict("records"):
+            row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
+            record_run(config.store, RunRecord(**row | {"status": "failed", "ended_at": started,
+                                                        "error": "abandoned: the run stopped before it finished"}),
+                       storage_options=opts)  # fmt: skip
+        record_run(config.store, record, storage_options=opts)
+        try:
+            summary, record = _run(config, layout, record, stac_url=stac_url, opts=opts, use_ray=use_ray,
+                                   pc_sas_url=pc_sas_url, recover=not abandoned.empty, check=check)  # fmt: skip
+        except BaseException as err:
+            record_run(config.store, replace(record, status="failed", ended_at=_now(clock),
+                                             error=redact(f"{type(err).__name__}: {err}")[:2000]),
+                       storage_options=opts)  # fmt: skip
+            raise
+        record_run(config.store, replace(record, ended_at=_now(clock)), storage_options=opts)
+    summary = replace(summary, seconds=round(time.perf_counter() - start, 2))
+    log.info("incremental ingestion done: %s", summary)
+    return summary
+
+
+def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_url: str, opts: dict[str, Any],
+         use_ray: bool, pc_sas_url: str | None, recover: bool,
+         check: Callable[[], None]) -> tuple[IncrementalSummary, RunRecord]:  # fmt: skip
+    state = read_state(config.store, storage_options=opts)
+    previous = read_manifest(state.snapshot_manifest, storage_options=opts) if state.snapshot_manifest else None
+    found, acquired_from = _search(config, state, stac_url)
+    delta, n_new, n_updated = _delta(found, previous)
+    record = replace(record, acquired_after=acquired_from if state.acquired_until else "",
+                     acquired_before=config.datetime.split("/")[1], updated_after=state.updated_until,
+                     items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated)  # fmt: skip
+    if delta.empty and not recover:
+        log.info("nothing new or updated since %s (updated since %s)", state.acquired_until, state.updated_until)
+        record = replace(record, status="no_new_items", snapshot_version=previous.version if previous else "")
+        return IncrementalSummary(record.run_id, record.status, snapshot_version=record.snapshot_version), record
+    if previous is None and delta.empty:
+        raise PipelineError("the search found no items; widen the area, the dates or the cloud-cover limit")
+    manifest = freeze_manifest(_items(delta), root=config.store, storage_options=opts) if not delta.empty else None
+    base = previous.rows if previous is not None else delta.iloc[0:0]
+    keep = base[~base.set_index(KEY).index.isin(delta.set_index(KEY).index)] if not delta.empty else base
+    snapshot = freeze_manifest(_items(pd.concat([keep, delta], ignore_index=True)), root=config.store,
+                               storage_options=opts)  # fmt: skip
+    begin, end = (_parse(p) for p in config.datetime.split("/"))
+    plans, rejects = plan_chips(snapshot, grid=config.grid, area=config.bbox,
+                                required=tuple(s.modality for s in config.sensors if s.required),
+                                max_dates={s.modality: s.max_dates for s in config.sensors},
+                                time_range=(begin, end) if begin and end else None)  # fmt: skip
+    plans = version_chips(plans, snapshot.rows)
+    index = rebuild_index(layout) if recover else read_index(layout)
+    stored = {c for ids in index["chip_ids"] for c in ids}
+    todo = [p for p in plans if p.chip_id not in stored]
+    shards = shard_plans(snapshot.version, todo, config.chips_per_shard)
+    results = write_shards(config, layout, snapshot.url, {p.chip_id: p for p in todo}, shards, use_ray=use_ray,
+                           pc_sas_url=pc_sas_url)  # fmt: skip
+    check()  # still the lease holder: only now is the run's work made visible
+    written = [str(r["shard_id"]) for r in results if r["status"] in ("written", "skipped")]
+    for result in results:
+        rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    index = _append_index(layout, index, written)
+    _update_stats(layout, index, written, recompute=recover)
+    superseded = _superseded(index, plans, record.run_id)
+    known = set(read_superseded(config.store, storage_options=opts)["chip_id"])
+    fresh = [s for s in superseded if s["chip_id"] not in known]
+    append_superseded(config.store, fresh, storage_options=opts)
+    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
+                                                        columns=["kind", "subject", "reason"]))  # fmt: skip
+    fs, root = layout.fs()
+    with fs.open(f"{root}/config.json", "w") as f:
+        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    if config.quicklooks and written:
+        write_quicklooks(layout, index[index["shard_id"].isin(written)].reset_index(drop=True),
+                         [s.modality for s in config.sensors], config.quicklooks)  # fmt: skip
+    acquired_until, updated_until = _watermarks(snapshot.rows)
+    manifests = state.manifests + ((manifest.version,) if manifest else ())
+    write_state(config.store, DatasetState(acquired_until, updated_until, snapshot.url, manifests, record.run_id),
+                storage_options=opts)  # fmt: skip
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    chips_written = sum(int(r["chips"]) for r in results)
+    record = replace(record, status="succeeded", chips_planned=len(plans), chips_written=chips_written,
+                     chips_superseded=len(fresh), shards_written=sum(r["status"] == "written" for r in results),
+                     manifest_version=manifest.version if manifest else "", snapshot_version=snapshot.version,
+                     extra={"rejects": counts})  # fmt: skip
+    summary = IncrementalSummary(record.run_id, record.status, n_new, n_updated, len(plans), chips_written,
+                                 len(fresh), record.shards_written, record.manifest_version, snapshot.version,
+                                 counts)  # fmt: skip
+    if index.empty:
+        raise PipelineError(f"nothing usable was produced; rejects by reason: {counts}")
+    return summary, record

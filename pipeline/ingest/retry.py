@@ -1,0 +1,133 @@
+"""Retries of transient read failures: which errors are transient, and a bounded exponential backoff.
+
+A read that fails with an HTTP 5xx or 429 answer, a timeout or a dropped connection (as GDAL/rasterio, fsspec,
+aiohttp or botocore word them) is worth trying again; a 404, a file that is not a raster or a missing asset is
+not, and becomes a reject at once. GDAL remembers a failed HTTP answer for the rest of the process (its
+`/vsicurl/` cache), so a retry is attempted with that cache turned off for the failing hrefs
+(`CPL_VSIL_CURL_NON_CACHED`), otherwise it would replay the cached failure without asking the server again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pipeline.errors import ChipError
+from pipeline.catalog.signing import redact
+
+__all__ = ["RetryPolicy", "TransientReadError", "call_with_retries", "is_transient", "vsi_path"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT_TEXT = re.compile(
+    r"HTTP response code: ?(5\d\d|429)|\((5\d\d|429)\)|timed? ?out|timeout"
+    r"|connection (reset|aborted|closed)|reset by peer|broken pipe|server ?disconnected|temporarily unavailable"
+    r"|service ?unavailable|too many requests|slow ?down|throttl|incomplete ?read|internal ?error",
+    re.IGNORECASE,
+)
+_TRANSIENT_TYPES = ("TimeoutError", "ConnectionError", "ConnectionResetError", "ConnectionAbortedError",
+                    "BrokenPipeError", "FSTimeoutError", "ReadTimeoutError", "ConnectTimeoutError",
+                    "EndpointConnectionError", "ServerDisconnectedError", "ClientConnectionError",
+                    "ClientPayloadError", "IncompleteRead", "RemoteDisconnected")  # fmt: skip
+_PERMANENT_TEXT = re.compile(r"HTTP response code: ?(4(0[0-9]|1[0-9]))\b|no such file|not recognized as|does not exist",
+                             re.IGNORECASE)  # fmt: skip
+
+
+class TransientReadError(ChipError):
+    """A read still failed transiently after every retry; `attempts` says how many were made."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently transient read failures are retried.
+
+    Attributes:
+        max_retries: Retries after the first attempt (0 = no retry).
+        backoff_s: Wait before the first retry; doubled at each further retry.
+        max_backoff_s: Upper bound of one wait.
+    """
+
+    max_retries: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"expected max_retries >= 0 and 0 <= backoff_s <= max_backoff_s, got {self}")
+
+    def wait_s(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        return float(min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s))
+
+
+def is_transient(err: BaseException) -> bool:
+    """True when `err` (or an error it was raised from) looks like a failure that may pass on a retry."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names = {t.__name__ for t in type(current).__mro__}
+        text = str(current)
+        if _PERMANENT_TEXT.search(text) and not re.search(r"HTTP response code: ?(5\d\d|429)", text):
+            return False
+        if names & set(_TRANSIENT_TYPES) or _TRANSIENT_TEXT.search(text):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def vsi_path(href: str) -> str | None:
+    """GDAL's virtual path of a remote href (`/vsicurl/…`, `/vsis3/…`), None for local files."""
+    if href.startswith(("http://", "https://")):
+        return f"/vsicurl/{href}"
+    if href.startswith("s3://"):
+        return f"/vsis3/{href.removeprefix('s3://')}"
+    return None
+
+
+def call_with_retries(fn: Callable[[], T], *, policy: RetryPolicy, hrefs: Sequence[str] = (), what: str = "read",
+                      sleep: Callable[[float], None] = time.sleep) -> T:  # fmt: skip
+    """Call `fn`, retrying transient failures with bounded exponential backoff.
+
+    Args:
+        fn: The read; it must reopen what it reads (a retry never reuses a dataset that failed).
+        policy: Number of retries and waits.
+        hrefs: Hrefs the read touches; their GDAL HTTP cache is bypassed on retries.
+        what: Names the read in log lines.
+        sleep: Waits between attempts.
+
+    Raises:
+        TransientReadError: Every attempt failed transiently (the last error is its cause).
+        Exception: A non-transient failure, at once and unchanged.
+    """
+    import rasterio
+
+    prefixes = [p for p in (vsi_path(h) for h in hrefs) if p]
+    uncached = os.path.commonprefix(prefixes) if prefixes else ""
+    for attempt in range(policy.max_retries + 1):
+        try:
+            if attempt and uncached:
+                with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=uncached):
+                    return fn()
+            return fn()
+        except Exception as err:  # noqa: BLE001 - classified below; non-transient errors are re-raised unchanged
+            if not is_transient(err):
+                raise
+            if attempt == policy.max_retries:
+                raise TransientReadError(f"{what} still failed after {attempt + 1} attempts: {redact(str(err))}",
+                                         attempt + 1) from err  # fmt: skip
+            wait = policy.wait_s(attempt + 1)
+            log.warning("%s failed transiently (%s); retry %d/%d in %.2f s", what, redact(str(err)), attempt + 1,
+                        policy.max_retries, wait)  # fmt: skip
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""From shards to training batches: loader config, samples and batches, the plain and the Ray Data paths."""

@@ -1,0 +1,150 @@
+"""Per-band statistics over valid pixels, computed streaming and mergeable exactly.
+
+Each (modality, band) keeps count, sum and sum of squares (float64), min, max and a fixed-range histogram, so
+statistics of shards merge into those of the dataset without re-reading pixels: counts, extremes and histograms
+merge exactly, means and standard deviations to floating-point rounding. Percentiles come from the histogram.
+Only pixels whose date is real and whose `valid` mask is True count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.store.records import Chip, ModalityArray
+
+__all__ = ["BandStats", "PERCENTILES", "chip_stats", "merge_stats", "stats_from_json", "stats_to_json"]
+
+PERCENTILES = (1, 2, 5, 25, 50, 75, 95, 98, 99)
+BINS = 4096
+
+
+def value_range(data: np.ndarray) -> tuple[float, float]:
+    """Histogram range by value type: 8-bit imagery, dB backscatter or reflectance-like floats."""
+    if data.dtype == np.uint8:
+        return (0.0, 256.0)
+    if data.dtype.kind in "iu":
+        return (float(np.iinfo(data.dtype).min), float(np.iinfo(data.dtype).max) + 1)
+    return (-60.0, 40.0) if np.nanmin(data, initial=0.0) < -2.0 else (-0.5, 2.5)
+
+
+@dataclass
+class BandStats:
+    """Running statistics of one band."""
+
+    count: int
+    total: float
+    total_sq: float
+    minimum: float
+    maximum: float
+    lo: float
+    hi: float
+    hist: np.ndarray  # [BINS] int64
+
+    @classmethod
+    def of(cls, values: np.ndarray, lo: float, hi: float) -> BandStats:
+        v = values.astype(np.float64)
+        hist = np.histogram(np.clip(v, lo, np.nextafter(hi, lo)), bins=BINS, range=(lo, hi))[0].astype(np.int64)
+        return cls(int(v.size), float(v.sum()), float((v * v).sum()), float(v.min(initial=np.inf)),
+                   float(v.max(initial=-np.inf)), lo, hi, hist)  # fmt: skip
+
+    def merge(self, other: BandStats) -> BandStats:
+        if (self.lo, self.hi) != (other.lo, other.hi):
+            raise ValueError(f"cannot merge histograms over {(self.lo, self.hi)} and {(other.lo, other.hi)}")
+        return BandStats(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq,
+                         min(self.minimum, other.minimum), max(self.maximum, other.maximum), self.lo, self.hi,
+                         self.hist + other.hist)  # fmt: skip
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    @property
+    def std(self) -> float:
+        if not self.count:
+            return float("nan")
+        return float(np.sqrt(max(self.total_sq / self.count - self.mean**2, 0.0)))
+
+    def percentiles(self) -> dict[str, float]:
+        """Percentiles from the histogram (linear inside a bin)."""
+        if not self.count:
+            return {f"p{p}": float("nan") for p in PERCENTILES}
+        edges = np.linspace(self.lo, self.hi, BINS + 1)
+        cdf = np.concatenate([[0], np.cumsum(self.hist)]) / self.count
+        return {f"p{p}": float(np.interp(p / 100, cdf, edges)) for p in PERCENTILES}
+
+    def summary(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "std": self.std, "min": self.minimum, "max": self.maximum,
+                **self.percentiles()}  # fmt: skip
+
+
+Stats = dict[str, dict[str, BandStats]]  # modality -> band -> stats
+
+
+def chip_stats(chips: Sequence[Chip]) -> Stats:
+    """Statistics of the valid pixels of some chips (e.g. one shard's).
+
+    Computed once per modality and band over all the chips at once (their time series concatenated), not chip
+    by chip: the same counts, extremes and histograms as merging per-chip statistics, sums to rounding.
+
+    Raises:
+        ValueError: Chips of one modality fall in different histogram ranges (e.g. dB and reflectance values
+            under one modality name), which cannot be merged.
+    """
+    out: Stats = {}
+    groups: dict[tuple[str, tuple[str, ...], tuple[int, ...], str], list[ModalityArray]] = {}
+    ranges: dict[str, tuple[float, float]] = {}
+    for chip in chips:
+        for key, mod in chip.modalities.items():
+            lo_hi = value_range(mod.data)
+            if ranges.setdefault(key, lo_hi) != lo_hi:
+                raise ValueError(f"cannot merge histograms over {ranges[key]} and {lo_hi} ({key}, chip {chip.chip_id})")
+            groups.setdefault((key, mod.bands, mod.data.shape[2:], mod.data.dtype.str), []).append(mod)
+    for (key, bands, _, _), mods in groups.items():
+        lo, hi = ranges[key]
+        data = mods[0].data if len(mods) == 1 else np.concatenate([m.data for m in mods])  # [T, C, H, W]
+        valid = mods[0].valid if len(mods) == 1 else np.concatenate([m.valid for m in mods])  # [T, H, W]
+        for c, band in enumerate(bands):
+            values = data[:, c][valid]
+            values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+            one = BandStats.of(values, lo, hi)
+            bucket = out.setdefault(key, {})
+            bucket[band] = bucket[band].merge(one) if band in bucket else one
+    return out
+
+
+def merge_stats(parts: Sequence[Stats]) -> Stats:
+    """Merge statistics of disjoint sets of pixels."""
+    out: Stats = {}
+    for part in parts:
+        for key, bands in part.items():
+            for band, st in bands.items():
+                bucket = out.setdefault(key, {})
+                bucket[band] = bucket[band].merge(st) if band in bucket else st
+    return out
+
+
+def stats_to_json(stats: Stats) -> dict[str, object]:
+    """JSON-ready form: the mergeable state and a readable summary per band."""
+    return {key: {band: {"state": {"count": s.count, "total": s.total, "total_sq": s.total_sq, "min": s.minimum,
+                                   "max": s.maximum, "lo": s.lo, "hi": s.hi,
+                                   "hist": {str(i): int(s.hist[i]) for i in np.flatnonzero(s.hist)}},
+                         "summary": s.summary()}
+                  for band, s in bands.items()} for key, bands in stats.items()}  # fmt: skip
+
+
+def stats_from_json(raw: Mapping[str, Mapping[str, Mapping[str, Mapping[str, object]]]]) -> Stats:
+    """Inverse of `stats_to_json`."""
+    out: Stats = {}
+    for key, bands in raw.items():
+        for band, entry in bands.items():
+            st = entry["state"]
+            hist = np.zeros(BINS, np.int64)
+            for i, v in dict(st["hist"]).items():  # type: ignore[call-overload]
+                hist[int(i)] = int(v)
+            out.setdefault(key, {})[band] = BandStats(int(st["count"]), float(st["total"]), float(st["total_sq"]),  # type: ignore[arg-type]
+                                                      float(st["min"]), float(st["max"]), float(st["lo"]),  # type: ignore[arg-type]
+                                                      float(st["hi"]), hist)  # type: ignore[arg-type]  # fmt: skip
+    return out
