@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from anysat import AnySatConfig
+from anysat import AnySatConfig, Modality
 from anysat.jepa import JepaConfig
 from anysat.train import OptimConfig
 from pipeline.config import to_dict
+from pipeline.errors import ConfigError
 from pipeline.load.loader import LoaderConfig
 
 __all__ = ["ModelSpec", "PretrainConfig", "RunSettings"]
@@ -16,10 +17,18 @@ __all__ = ["ModelSpec", "PretrainConfig", "RunSettings"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The encoder in a job config: official modality keys (see anysat.modalities) and efficiency switches."""
+    """The encoder in a job config: its size, its sensors and efficiency switches.
+
+    Attributes:
+        size: `tiny`, `small` or `base` (width, depth and heads, see anysat.config.SIZES).
+        modalities: Official keys (`s2`, `s1-asc`, `l7`, … see anysat.modalities) or new sensors described
+            in place: `{key, bands, res_m, temporal, subpatch_px, …}` (the fields of `anysat.Modality`).
+        grad_checkpointing: Recompute L-TAE chunks and transformer blocks in the backward pass (less memory).
+        ltae_chunk_pixels: Pixel time series per L-TAE chunk (bounds peak memory).
+    """
 
     size: Literal["tiny", "small", "base"] = "tiny"
-    modalities: tuple[str, ...] = ("s2", "s1-asc")
+    modalities: tuple[str | Modality, ...] = ("s2", "s1-asc")
     grad_checkpointing: bool = False
     ltae_chunk_pixels: int = 512
 
@@ -30,8 +39,25 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where and how the run happens. `fail_at_step` is test-only: the last rank exits abruptly after that step
-    in a run that did not start from a checkpoint (proves the restart from the last checkpoint); 0 = off."""
+    """Where and how the run happens.
+
+    Attributes:
+        name: Run name: checkpoints and results go to `storage/name/` (never reused without `--resume`).
+        storage: Root of the runs: a local path or `s3://bucket/prefix`.
+        workers: Ray Train workers (DDP ranks).
+        use_gpu: One GPU per worker (nccl); CPU workers use gloo.
+        cpus_per_worker: CPUs reserved per worker.
+        placement: Ray placement of the workers: `PACK` on few nodes or `SPREAD` over many.
+        max_failures: Restarts of a failed worker group from the last checkpoint.
+        checkpoint_every: Optimiser steps between checkpoints.
+        keep_checkpoints: Checkpoints kept (older ones are deleted).
+        log_every: Steps between printed step lines and logged metrics.
+        seed: Seed of the initial weights.
+        experiment: MLflow experiment name.
+        registered_model: Registry name the encoder is registered under (`@candidate`); empty = not registered.
+        fail_at_step: Test-only: the last rank exits abruptly after this step in a run that did not start from
+            a checkpoint (proves the restart from the last checkpoint); 0 = off.
+    """
 
     name: str = "pretrain"
     storage: str = "out/runs"
@@ -50,13 +76,20 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpus_per_worker <= 0 or self.keep_checkpoints < 1 or self.log_every < 1:
-            raise ValueError("run: workers, cpus_per_worker, keep_checkpoints and log_every must be positive")
+            raise ConfigError("run: workers, cpus_per_worker, keep_checkpoints and log_every must be positive")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """A pretraining job: the model (`model.anysat()` is its AnySatConfig), the JEPA recipe, the data, the
-    optimisation and the run. Validated on construction: the data's model keys must be modalities of the model."""
+    """A pretraining job. Validated on construction: the data's model keys must be modalities of the model.
+
+    Attributes:
+        data: The datasets (stores written by the ingest job) and how batches are drawn from them.
+        model: The encoder (`model.anysat()` is its AnySatConfig).
+        jepa: The JEPA recipe (masks, predictor, MIL-NCE).
+        optim: The optimisation (AdamW, schedule, EMA).
+        run: Where and how the run happens.
+    """
 
     data: LoaderConfig
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -69,5 +102,5 @@ class PretrainConfig:
         for src in self.data.datasets:
             unknown = sorted(set(src.modalities.values()) - known)
             if unknown:
-                raise ValueError(f"dataset {src.name}: model keys {unknown} are not among model.modalities "
+                raise ConfigError(f"dataset {src.name}: model keys {unknown} are not among model.modalities "
                                  f"{sorted(known)}; add them to model.modalities or map other store groups")

@@ -5,11 +5,19 @@ Every message says what was expected, what was found and what to do.
 
 from __future__ import annotations
 
-__all__ = ["ChipError", "ManifestError", "PipelineError", "PipelineWarning", "StacError", "StoreError"]
+__all__ = ["ChipError", "ConfigError", "ManifestError", "PipelineError", "PipelineWarning", "StacError", "StoreError"]
 
 
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A job config (YAML file, `--set` override or value) is invalid; the message names the key path.
+
+    Also a `ValueError`, so the value checks in the config dataclasses' `__post_init__` raise it and the
+    validator reports them at the key where they happened. Jobs exit with status 2 on it.
+    """
 
 
 class StacError(PipelineError):

@@ -20,6 +20,7 @@ import pandas as pd
 import pystac
 
 from pipeline.errors import ManifestError
+from pipeline.catalog.proj import item_epsg
 from pipeline.catalog.signing import redact, unsigned
 
 __all__ = ["Manifest", "freeze_manifest", "manifest_rows", "read_manifest"]
@@ -57,22 +58,6 @@ def _clean_item(item: pystac.Item) -> dict[str, Any]:
     return raw
 
 
-def _epsg(raw: Mapping[str, Any]) -> int | None:
-    props = raw.get("properties", {})
-    code = props.get("proj:code")
-    if isinstance(code, str) and code.upper().startswith("EPSG:"):
-        return int(code.split(":")[1])
-    if props.get("proj:epsg") is not None:
-        return int(props["proj:epsg"])
-    for asset in raw.get("assets", {}).values():
-        code = asset.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":")[1])
-        if asset.get("proj:epsg") is not None:
-            return int(asset["proj:epsg"])
-    return None
-
-
 def manifest_rows(items_by_modality: Mapping[str, Sequence[pystac.Item]]) -> pd.DataFrame:
     """Canonical, sorted rows of the manifest (no I/O)."""
     records = []
@@ -83,7 +68,7 @@ def manifest_rows(items_by_modality: Mapping[str, Sequence[pystac.Item]]) -> pd.
             records.append({
                 "modality": modality, "collection": raw.get("collection") or "", "item_id": raw["id"],
                 "datetime": props.get("datetime") or props.get("start_datetime") or "",
-                "cloud_cover": props.get("eo:cloud_cover"), "epsg": _epsg(raw),
+                "cloud_cover": props.get("eo:cloud_cover"), "epsg": item_epsg(raw),
                 "bbox": json.dumps(raw.get("bbox")), "geometry": json.dumps(raw.get("geometry"), sort_keys=True),
                 "item_json": json.dumps(raw, sort_keys=True, separators=(",", ":")),
             })  # fmt: skip

@@ -22,6 +22,7 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3 import Retry
 
 from pipeline.errors import StacError
+from pipeline.times import try_instant
 
 __all__ = ["StacQuery", "iter_items", "open_client", "search_items", "updated_predicate"]
 
@@ -66,7 +67,7 @@ class StacQuery:
                 raise ValueError(f"bbox must be (west, south, east, north) in degrees, got {self.bbox}")
         if self.page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {self.page_size}")
-        if self.updated_after is not None and _instant(self.updated_after) is None:
+        if self.updated_after is not None and try_instant(self.updated_after, strict=True) is None:
             raise ValueError(f"updated_after must be an RFC 3339 instant with a time zone, got {self.updated_after!r}")
 
 
@@ -85,17 +86,9 @@ def updated_predicate(instant: str) -> dict[str, object]:
     return {"op": ">=", "args": [{"property": "updated"}, {"timestamp": instant}]}
 
 
-def _instant(text: str) -> datetime | None:
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else None
-
-
 def _updated_since(item: pystac.Item, since: datetime) -> bool:
     raw = item.properties.get("updated")
-    value = _instant(raw) if isinstance(raw, str) else None
+    value = try_instant(raw)
     return value is not None and value >= since
 
 
@@ -137,7 +130,7 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
     if predicates:
         kwargs["filter"] = predicates[0] if len(predicates) == 1 else {"op": "and", "args": predicates}
         kwargs["filter_lang"] = "cql2-json"
-    since = None if query.updated_after is None or updated_on_server else _instant(query.updated_after)
+    since = None if query.updated_after is None or updated_on_server else try_instant(query.updated_after, strict=True)
     yielded = 0
     try:
         for item in client.search(**kwargs).items():  # type: ignore[arg-type]

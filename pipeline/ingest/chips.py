@@ -18,6 +18,7 @@ from datetime import datetime
 import numpy as np
 import pystac
 
+from pipeline.times import try_instant
 from pipeline.errors import ChipError
 from pipeline.ingest.grid import ChipPlan, Reject
 from pipeline.ingest.raster_reader import ChipReader
@@ -74,7 +75,8 @@ class SensorSpec:
 
 def _when(item: pystac.Item) -> datetime:
     """The item's datetime, or the start of its interval when the exact time is unknown (`datetime: null`)."""
-    when = item.datetime or item.common_metadata.start_datetime
+    props = item.properties
+    when = try_instant(props.get("datetime")) or try_instant(props.get("start_datetime"))
     if when is None:
         raise ChipError(f"item {item.id} has neither datetime nor start_datetime")
     return when

@@ -8,10 +8,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.errors import ConfigError
 from pipeline.ingest.chips import CloudMask, SensorSpec
 from pipeline.ingest.grid import ChipGrid
+from pipeline.times import parse_interval
 
 __all__ = ["IngestConfig", "SensorSource"]
+
+
+def _check_bbox(bbox: tuple[float, ...]) -> None:
+    if len(bbox) != 4:
+        raise ConfigError(f"bbox: expected 4 numbers [west, south, east, north] in degrees, got {list(bbox)}")
+    west, south, east, north = bbox
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise ConfigError(f"bbox: {list(bbox)} is outside [-180, 180] x [-90, 90] degrees (west, south, east, north)")
+    if not (west < east and south < north):
+        raise ConfigError(f"bbox: {list(bbox)} must have west < east and south < north (an area crossing the "
+                          "antimeridian is two ingestions)")
 
 
 @dataclass(frozen=True)
@@ -58,11 +71,14 @@ class SensorSource:
 
     def __post_init__(self) -> None:
         if not self.assets:
-            raise ValueError(f"sensor {self.modality!r} needs at least one asset (asset key -> band name)")
+            raise ConfigError(f"sensor {self.modality!r} needs at least one asset (asset key -> band name)")
         if self.res_m <= 0 or self.max_dates < 1:
-            raise ValueError(f"sensor {self.modality!r}: res_m must be > 0 and max_dates >= 1")
+            raise ConfigError(f"sensor {self.modality!r}: res_m must be > 0 and max_dates >= 1")
+        if self.max_cloud_cover is not None and not 0 <= self.max_cloud_cover <= 100:
+            raise ConfigError(f"sensor {self.modality!r}: max_cloud_cover is a percentage in [0, 100], got "
+                              f"{self.max_cloud_cover}")
         if self.sign not in ("", "planetary-computer"):
-            raise ValueError(f"sensor {self.modality!r}: sign must be '' or 'planetary-computer', got {self.sign!r}")
+            raise ConfigError(f"sensor {self.modality!r}: sign must be '' or 'planetary-computer', got {self.sign!r}")
 
     def spec(self) -> SensorSpec:
         """The chip loader's view of this sensor."""
@@ -78,8 +94,8 @@ class IngestConfig:
     """An ingestion: area, time, sensors, chip grid and store.
 
     Attributes:
-        bbox: (west, south, east, north) in WGS84 degrees.
-        datetime: RFC 3339 interval `start/end`.
+        bbox: (west, south, east, north) in WGS84 degrees: four numbers, west < east, south < north.
+        datetime: RFC 3339 instant or interval `start/end`; an open end is `..` (`2017-06-01T00:00:00Z/..`).
         sensors: The sensors to ingest.
         grid: Chip size, CRS (default: the area's UTM zone), alignment, required coverage.
         store: Dataset root: a local path or `s3://bucket/prefix`.
@@ -93,7 +109,7 @@ class IngestConfig:
         page_size: STAC search page size.
     """
 
-    bbox: tuple[float, float, float, float]
+    bbox: tuple[float, ...]
     datetime: str
     sensors: tuple[SensorSource, ...]
     grid: ChipGrid
@@ -108,17 +124,20 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         if not self.sensors:
-            raise ValueError("an ingestion needs at least one sensor")
+            raise ConfigError("an ingestion needs at least one sensor")
         keys = [s.modality for s in self.sensors]
         if len(set(keys)) != len(keys):
-            raise ValueError(f"sensor modalities must be unique, got {keys}")
-        if "/" not in self.datetime:
-            raise ValueError(f"datetime must be an interval 'start/end', got {self.datetime!r}")
+            raise ConfigError(f"sensor modalities must be unique, got {keys}")
+        _check_bbox(self.bbox)
+        try:
+            parse_interval(self.datetime)
+        except ValueError as err:
+            raise ConfigError(f"datetime: {err}") from None
         if self.chips_per_shard < 1 or self.concurrency < 1:
-            raise ValueError("chips_per_shard and concurrency must be >= 1")
+            raise ConfigError("chips_per_shard and concurrency must be >= 1")
         if self.max_retries < 0 or not 0 <= self.retry_backoff_s <= self.retry_backoff_max_s:
-            raise ValueError(f"expected max_retries >= 0 and 0 <= retry_backoff_s <= retry_backoff_max_s, got "
+            raise ConfigError(f"expected max_retries >= 0 and 0 <= retry_backoff_s <= retry_backoff_max_s, got "
                              f"{self.max_retries}, {self.retry_backoff_s}, {self.retry_backoff_max_s}")
         coarsest = max(s.res_m for s in self.sensors)
         if self.grid.align_m < coarsest:
-            raise ValueError(f"grid.align_m ({self.grid.align_m}) must be at least the coarsest GSD ({coarsest} m)")
+            raise ConfigError(f"grid.align_m ({self.grid.align_m}) must be at least the coarsest GSD ({coarsest} m)")

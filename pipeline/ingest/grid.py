@@ -19,6 +19,8 @@ from shapely.geometry import box, shape
 from shapely.ops import transform as shp_transform
 
 from pipeline.catalog.manifest import Manifest
+from pipeline.errors import ConfigError
+from pipeline.times import Interval, try_instant
 
 __all__ = ["ChipGrid", "ChipPlan", "Reject", "plan_chips", "utm_epsg"]
 
@@ -41,13 +43,13 @@ class ChipGrid:
 
     def __post_init__(self) -> None:
         if self.chip_size_m <= 0 or self.align_m <= 0:
-            raise ValueError(f"chip_size_m and align_m must be > 0, got {self.chip_size_m}, {self.align_m}")
+            raise ConfigError(f"chip_size_m and align_m must be > 0, got {self.chip_size_m}, {self.align_m}")
         ratio = self.chip_size_m / self.align_m
         if abs(ratio - round(ratio)) > 1e-9:
-            raise ValueError(f"chip_size_m {self.chip_size_m} must be a multiple of align_m {self.align_m} "
+            raise ConfigError(f"chip_size_m {self.chip_size_m} must be a multiple of align_m {self.align_m} "
                              "(the coarsest sensor GSD) so every sensor's pixels tile the chip")  # fmt: skip
         if not 0 < self.min_coverage <= 1:
-            raise ValueError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+            raise ConfigError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,9 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def _parse_time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
-
-
 def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, float, float],
                required: Sequence[str], max_dates: Mapping[str, int] | None = None,
-               time_range: tuple[datetime, datetime] | None = None) -> tuple[list[ChipPlan], list[Reject]]:  # fmt: skip
+               time_range: tuple[datetime | None, datetime | None] | None = None) -> tuple[list[ChipPlan], list[Reject]]:  # fmt: skip
     """Plan the chips of an area.
 
     Args:
@@ -95,7 +90,7 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
         area: (west, south, east, north) in WGS84 degrees.
         required: Modalities a chip must have (others are added when available).
         max_dates: Cap of dates per chip and modality (default: no cap).
-        time_range: Items outside it are rejected (`dates_out_of_range`).
+        time_range: Items outside it are rejected (`dates_out_of_range`); a None end is open.
 
     Returns:
         Chips sorted by id, and the rejects.
@@ -108,15 +103,16 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
     rejects: list[Reject] = []
     footprints: dict[str, list[tuple[str, object, datetime, float]]] = {}
     for row in manifest.rows.itertuples(index=False):
-        when = _parse_time(row.datetime)
+        when = try_instant(row.datetime)
         if when is None:
             rejects.append(Reject("no_datetime", row.item_id, "the item has no usable datetime"))
             continue
         if row.epsg is None or (isinstance(row.epsg, float) and math.isnan(row.epsg)) or str(row.epsg) == "<NA>":
             rejects.append(Reject("no_crs", row.item_id, "the item declares no proj:code or proj:epsg"))
             continue
-        if time_range is not None and not (time_range[0] <= when <= time_range[1]):
-            rejects.append(Reject("dates_out_of_range", row.item_id, f"{row.datetime} is outside {time_range}"))
+        if time_range is not None and when not in Interval(*time_range):
+            rejects.append(Reject("dates_out_of_range", row.item_id,
+                                  f"{row.datetime} is outside {Interval(*time_range).text()}"))
             continue
         try:
             geom = shape(json.loads(row.geometry))

@@ -40,6 +40,7 @@ import pystac
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
+from pipeline.times import parse_interval, try_instant
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.ingest.run import shard_plans, write_quicklooks, write_shards, write_table
 from pipeline.ingest.lease import Lease
@@ -103,19 +104,9 @@ def _now(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), timezone.utc).isoformat(timespec="seconds")
 
 
-def _parse(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[dict[str, list[pystac.Item]], str]:
     """Items acquired at or after the acquisition watermark, or updated at or after the updated watermark."""
-    begin, end = config.datetime.split("/")
+    begin, end = parse_interval(config.datetime).text().split("/")
     acquired_from = state.acquired_until or begin
     found: dict[str, list[pystac.Item]] = {}
     for sensor in config.sensors:
@@ -125,7 +116,7 @@ def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[d
         base = StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox, datetime=config.datetime,
                          max_cloud_cover=sensor.max_cloud_cover, page_size=config.page_size)  # fmt: skip
         items: dict[str, pystac.Item] = {}
-        end_dt, from_dt = _parse(end), _parse(acquired_from)
+        end_dt, from_dt = try_instant(end), try_instant(acquired_from)
         if end_dt is None or from_dt is None or from_dt <= end_dt:
             for item in search_items(replace(base, datetime=f"{acquired_from}/{end}")):
                 items[item.id] = item
@@ -138,8 +129,8 @@ def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[d
 
 
 def _watermarks(rows: pd.DataFrame) -> tuple[str, str]:
-    acquired = [d for d in (_parse(t) for t in rows["datetime"]) if d is not None]
-    updated = [d for d in (_parse(json.loads(j).get("properties", {}).get("updated")) for j in rows["item_json"])
+    acquired = [d for d in (try_instant(t) for t in rows["datetime"]) if d is not None]
+    updated = [d for d in (try_instant(json.loads(j).get("properties", {}).get("updated")) for j in rows["item_json"])
                if d is not None]  # fmt: skip
     iso = lambda ds: max(ds).astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ds else ""  # noqa: E731
     return iso(acquired), iso(updated)
@@ -277,7 +268,7 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     found, acquired_from = _search(config, state, stac_url)
     delta, n_new, n_updated = _delta(found, previous)
     record = replace(record, acquired_after=acquired_from if state.acquired_until else "",
-                     acquired_before=config.datetime.split("/")[1], updated_after=state.updated_until,
+                     acquired_before=parse_interval(config.datetime).text().split("/")[1], updated_after=state.updated_until,
                      items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated)  # fmt: skip
     if delta.empty and not recover:
         log.info("nothing new or updated since %s (updated since %s)", state.acquired_until, state.updated_until)
@@ -290,11 +281,11 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     keep = base[~base.set_index(KEY).index.isin(delta.set_index(KEY).index)] if not delta.empty else base
     snapshot = freeze_manifest(_items(pd.concat([keep, delta], ignore_index=True)), root=config.store,
                                storage_options=opts)  # fmt: skip
-    begin, end = (_parse(p) for p in config.datetime.split("/"))
+    span = parse_interval(config.datetime)
     plans, rejects = plan_chips(snapshot, grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
-                                time_range=(begin, end) if begin and end else None)  # fmt: skip
+                                time_range=(span.start, span.end))  # fmt: skip
     plans = version_chips(plans, snapshot.rows)
     index = rebuild_index(layout) if recover else read_index(layout)
     stored = {c for ids in index["chip_ids"] for c in ids}

@@ -17,6 +17,7 @@ import numpy as np
 import pystac
 import xarray as xr
 
+from pipeline.catalog.proj import item_epsg as read_epsg
 from pipeline.errors import ChipError
 
 __all__ = ["Backend", "Bounds", "item_epsg", "load_items"]
@@ -27,18 +28,15 @@ _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode")
 
 
 def item_epsg(item: pystac.Item, asset: str | None = None) -> int:
-    """EPSG code of an item (or one of its assets) from `proj:code` or `proj:epsg`, whichever is present.
+    """EPSG code of an item (or one of its assets), read by `pipeline.catalog.proj.item_epsg`.
 
     Raises:
-        ChipError: Neither field is present, or the code is not an EPSG code.
+        ChipError: Neither `proj:code` nor `proj:epsg` names an EPSG code on the item or its assets.
     """
-    for fields in ((item.assets[asset].extra_fields if asset else {}), item.properties):
-        code = fields.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":", 1)[1])
-        if fields.get("proj:epsg") is not None:
-            return int(fields["proj:epsg"])
-    raise ChipError(f"item {item.id} has no proj:code or proj:epsg; expected an EPSG CRS on the item or its assets")
+    epsg = read_epsg(item, asset)
+    if epsg is None:
+        raise ChipError(f"item {item.id} has no proj:code or proj:epsg; expected an EPSG CRS on the item or its assets")
+    return epsg
 
 
 def load_items(

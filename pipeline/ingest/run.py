@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -26,6 +25,7 @@ from pipeline.ingest.chips import load_chip
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
+from pipeline.times import parse_interval
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.ingest.quicklook import modality_panel, write_quicklook
@@ -214,11 +214,11 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
                                                         page_size=config.page_size))  # fmt: skip
         log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
     manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
-    begin, end = (datetime.fromisoformat(p.replace("Z", "+00:00")) for p in config.datetime.split("/"))
+    span = parse_interval(config.datetime)
     plans, rejects = plan_chips(manifest, grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
-                                time_range=(begin, end) if begin.tzinfo else None)  # fmt: skip
+                                time_range=(span.start, span.end))  # fmt: skip
     if not plans:
         write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
         raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "

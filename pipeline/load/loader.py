@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.load.batches import (BandNorm, Sample, ShardArrays, collate, read_norms, read_shard_arrays, read_stats_json,
                               shard_extent_m)
-from pipeline.errors import PipelineError, StoreError
+from pipeline.errors import ConfigError, PipelineError, StoreError
 from pipeline.store.superseded import read_superseded
 from pipeline.store.shards import StoreLayout, read_index
 
@@ -61,9 +61,9 @@ class DatasetSource:
 
     def __post_init__(self) -> None:
         if not self.url:
-            raise PipelineError("DatasetSource.url is empty; give the dataset root written by jobs/ingest.py")
+            raise ConfigError("DatasetSource.url is empty; give the dataset root written by jobs/ingest.py")
         if not (self.weight > 0 and math.isfinite(self.weight)):
-            raise PipelineError(f"DatasetSource {self.url}: weight must be a positive number, got {self.weight}")
+            raise ConfigError(f"DatasetSource {self.url}: weight must be a positive number, got {self.weight}")
         if not self.name:
             object.__setattr__(self, "name", self.url.rstrip("/").rsplit("/", 1)[-1])
 
@@ -94,17 +94,17 @@ class LoaderConfig:
 
     def __post_init__(self) -> None:
         if not self.datasets:
-            raise PipelineError("LoaderConfig.datasets is empty; give at least one DatasetSource")
+            raise ConfigError("LoaderConfig.datasets is empty; give at least one DatasetSource")
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
-            raise PipelineError(f"dataset names must be unique, got {names}; set DatasetSource.name")
+            raise ConfigError(f"dataset names must be unique, got {names}; set DatasetSource.name")
         if self.batch_size < 1:
-            raise PipelineError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.patch_sizes_m or min(self.patch_sizes_m) <= 0:
-            raise PipelineError(f"patch_sizes_m must be positive metres, got {self.patch_sizes_m}")
+            raise ConfigError(f"patch_sizes_m must be positive metres, got {self.patch_sizes_m}")
         bad = {k: v for k, v in self.max_dates.items() if v < 1}
         if bad:
-            raise PipelineError(f"max_dates must be >= 1, got {bad}")
+            raise ConfigError(f"max_dates must be >= 1, got {bad}")
 
 
 @dataclass(frozen=True)
