@@ -9,6 +9,7 @@ Only rank 0 logs to MLflow and writes checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from modelops.registry import register_encoder
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint, wrap_ddp
 from pipeline.config import to_dict
+from pipeline.progress import Progress
 from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
 from pipeline.store.shards import StoreLayout, read_index
 
@@ -109,14 +111,16 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         trainer.forward = wrap_ddp(trainer.jepa, device, batch_keys=known)
     tracker = Tracker(tracking[0], run_id=tracking[1]) if rank == 0 and tracking[1] else None
     last: dict[str, StepReport] = {}
+    progress = Progress("step", cfg.optim.total_steps, done=trainer.state.step, log=log if rank == 0 else None)
 
     def report(r: StepReport) -> None:
         last["r"] = r
         if tracker is not None and (r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps):
             tracker.log_metrics(r.metrics(), step=r.step)
-        if r.step % cfg.run.log_every == 0:
-            log.info("step %d loss %.4f (pred %.4f nce %.4f) lr %.2e ema %.5f %.1f samples/s wait %.0f%%", r.step,
-                     r.loss, r.loss_pred, r.loss_nce, r.lr, r.ema_momentum, r.samples_per_s, 100 * r.data_wait_share)
+        if r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps:
+            progress.update(r.step, detail=f"loss {r.loss:.4f} (pred {r.loss_pred:.4f} nce {r.loss_nce:.4f}) lr "
+                            f"{r.lr:.2e} ema {r.ema_momentum:.5f} {r.samples_per_s:.1f} samples/s wait "
+                            f"{100 * r.data_wait_share:.0f}%")  # fmt: skip
         if cfg.run.fail_at_step and r.step == cfg.run.fail_at_step and restore is None and rank == world - 1:
             log.warning("fail_at_step=%d (test-only): rank %d exits abruptly", r.step, rank)
             os._exit(1)
@@ -191,8 +195,9 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
                    restore=restore, save=save, tracking=loop_config["tracking"])  # fmt: skip
 
 
-def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> Path:
-    """Train with Ray Train's TorchTrainer (gloo on CPU, nccl on GPU); returns the final checkpoint, local."""
+def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> str:
+    """Train with Ray Train's TorchTrainer (gloo on CPU, nccl on GPU); returns the final checkpoint's path on the
+    run storage (`local_checkpoint` gives it as a local directory)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -221,32 +226,74 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    local = Path(tempfile.mkdtemp(prefix="anysat-final-"))
-    return Path(result.checkpoint.to_directory(str(local / "checkpoint")))
+    return str(result.checkpoint.path)  # on the run storage: a local path, or bucket/key on s3
+
+
+@contextlib.contextmanager
+def local_checkpoint(cfg: PretrainConfig, final: str | Path) -> Iterator[Path]:
+    """The final checkpoint as a local directory: itself on local storage, a temporary download from s3."""
+    if not cfg.run.storage.startswith("s3://"):
+        yield Path(final)
+        return
+    from pyarrow import fs as pafs
+
+    fs, _ = storage_fs(cfg.run.storage)
+    with tempfile.TemporaryDirectory(prefix="anysat-final-") as tmp:
+        pafs.copy_files(str(final), tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield Path(tmp)
+
+
+def write_run_file(cfg: PretrainConfig, name: str, data: bytes) -> str:
+    """Write one result under `run.storage/run.name/` atomically (local: temporary file + rename; s3: one PUT)."""
+    fs, root = storage_fs(cfg.run.storage)
+    target = f"{root.rstrip('/')}/{cfg.run.name}/{name}"
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    staging = f"{target}.tmp-{os.getpid()}" if not cfg.run.storage.startswith("s3://") else target
+    with fs.open_output_stream(staging) as out:
+        out.write(data)
+    if staging != target:
+        fs.move(staging, target)
+    return target if not cfg.run.storage.startswith("s3://") else f"s3://{target}"
+
+
+def log_dataset_stats(cfg: PretrainConfig, stats: Mapping[str, Any], tracker: Tracker) -> None:
+    """Each dataset's statistics under `<run>/datasets/stats-<name>.json` and as MLflow artifacts."""
+    with tempfile.TemporaryDirectory(prefix="anysat-stats-") as tmp:
+        for name, table in stats.items():
+            data = json.dumps(table, sort_keys=True).encode()
+            write_run_file(cfg, f"datasets/stats-{name}.json", data)
+            (Path(tmp) / f"stats-{name}.json").write_bytes(data)
+            tracker.log_artifact(Path(tmp) / f"stats-{name}.json", artifact_path="datasets")
 
 
 # -- after training ---------------------------------------------------------------------------------------------
-def finish(cfg: PretrainConfig, final: Path, tracker: Tracker, *, out_dir: Path) -> dict[str, Any]:
-    """Loss curve and config as artifacts, the encoder registered with alias `candidate`; returns a summary."""
+def finish(cfg: PretrainConfig, final: Path, tracker: Tracker, *, checkpoint: str = "") -> dict[str, Any]:
+    """Loss curve, config and summary under `run.storage/run.name/` and as artifacts, the encoder registered with
+    alias `candidate`; returns the summary. `final` is the local final checkpoint, `checkpoint` where it is kept."""
     state = read_state(final)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = write_loss_curve(state["state"]["history"], out_dir / "loss_curve.png")
-    cfg_file = out_dir / "config.json"
-    cfg_file.write_text(json.dumps(state["extra"]["config"], indent=2, sort_keys=True) + "\n")
+    config_json = (json.dumps(state["extra"]["config"], indent=2, sort_keys=True) + "\n").encode()
     version = None
-    if tracker.active:
-        tracker.log_artifact(png)
-        tracker.log_artifact(cfg_file)
-        if cfg.run.registered_model:
-            from mlflow.exceptions import MlflowException
+    with tempfile.TemporaryDirectory(prefix="anysat-results-") as tmp:
+        png = write_loss_curve(state["state"]["history"], Path(tmp) / "loss_curve.png")
+        (Path(tmp) / "config.json").write_bytes(config_json)
+        curve = write_run_file(cfg, "loss_curve.png", png.read_bytes())
+        write_run_file(cfg, "config.json", config_json)
+        if tracker.active:
+            tracker.log_artifact(png)
+            tracker.log_artifact(Path(tmp) / "config.json")
+            if cfg.run.registered_model:
+                from mlflow.exceptions import MlflowException
 
-            try:
-                version = register_encoder(final / "student", name=cfg.run.registered_model,
-                                           tracking_uri=tracker.uri, run_id=str(tracker.run_id))  # fmt: skip
-            except (MlflowException, OSError) as err:  # the trained run is kept either way
-                log.warning("registering the encoder failed (%s); the checkpoint stays at %s", err, final)
+                try:
+                    version = register_encoder(final / "student", name=cfg.run.registered_model,
+                                               tracking_uri=tracker.uri, run_id=str(tracker.run_id))  # fmt: skip
+                except (MlflowException, OSError) as err:  # the trained run is kept either way
+                    log.warning("registering the encoder failed (%s); the checkpoint stays at %s", err,
+                                checkpoint or final)  # fmt: skip
     last = state["state"]["history"][-1]
-    return {"run_id": tracker.run_id, "tracking": "on" if tracker.active else f"off: {tracker.disabled_reason}",
-            "steps": state["state"]["step"], "final_loss": last[1], "checkpoint": str(final),
-            "registered_model": cfg.run.registered_model if version else None, "version": version,
-            "resumes": state["extra"].get("resumes", []), "loss_curve": str(png)}  # fmt: skip
+    summary = {"run_id": tracker.run_id, "tracking": "on" if tracker.active else f"off: {tracker.disabled_reason}",
+               "steps": state["state"]["step"], "final_loss": last[1], "checkpoint": checkpoint or str(final),
+               "registered_model": cfg.run.registered_model if version else None, "version": version,
+               "resumes": state["extra"].get("resumes", []), "loss_curve": curve}  # fmt: skip
+    summary["summary"] = write_run_file(cfg, "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary

@@ -25,6 +25,7 @@ from pipeline.ingest.chips import load_chip
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
+from pipeline.progress import Progress
 from pipeline.times import parse_interval
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
@@ -174,15 +175,26 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     rows = [{"shard_id": sid, "plans": _plans_json([plans[c] for c in ids])} for sid, ids in shards]
     if not rows:
         return []
+    progress = Progress("shard", len(rows), log=log)
+    results: list[dict[str, Any]] = []
+
+    def done(result: dict[str, Any]) -> None:
+        results.append(result)
+        progress.update(detail=f"{result['status']} ({result['chips']} chips)")
+
     if use_ray:
         import ray
 
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        return list(dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
-                                max_retries=config.max_retries, num_cpus=0.5).take_all())  # fmt: skip
-    return [task(r) for r in rows]
+        for result in dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
+                                  max_retries=config.max_retries, num_cpus=0.5).iter_rows():  # fmt: skip
+            done(dict(result))
+    else:
+        for row in rows:
+            done(task(row))
+    return results
 
 
 def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
