@@ -16,6 +16,7 @@ import sys
 import torch
 
 import modelops
+from modelops.tracking import mlflow_problem
 from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
 
 
@@ -26,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map", dest="mapping", action="append", default=["s2=s2", "s1=s1-asc"],
                         help="store group=model key (default: s2=s2, s1=s1-asc)")  # fmt: skip
     parser.add_argument("--patch-size", type=int, default=40, help="patch size in metres")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""), help="MLflow server")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one JSON line on stdout, quiet stderr
-    model = modelops.from_registry(args.model).eval()
+    problem = mlflow_problem(args.tracking_uri)  # bounded requests; no local mlflow.db without a server
+    if problem:
+        print(f"embed failed: {problem}", file=sys.stderr)
+        return 2
+    model = modelops.from_registry(args.model, tracking_uri=args.tracking_uri).eval()
     source = DatasetSource(args.store, modalities=dict(m.split("=", 1) for m in args.mapping))
     batch = next(iter_batches(LoaderConfig((source,), batch_size=1, patch_sizes_m=(args.patch_size,),
                                            shuffle_buffer=0)))  # fmt: skip

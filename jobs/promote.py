@@ -14,6 +14,7 @@ import sys
 from mlflow.exceptions import MlflowException
 
 from modelops.registry import promote
+from modelops.tracking import mlflow_problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-alias", default="candidate", help="alias whose version is promoted by default")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""), help="MLflow server")
     args = parser.parse_args(argv)
-    if not args.tracking_uri:
-        parser.error("no MLflow server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    problem = mlflow_problem(args.tracking_uri)  # bounded: fails in seconds on a dead server
+    if problem:
+        print(f"promotion failed: {problem}", file=sys.stderr)
+        return 2
     try:
         version = promote(args.name, tracking_uri=args.tracking_uri, version=args.version, alias=args.alias,
                           source_alias=args.from_alias)  # fmt: skip

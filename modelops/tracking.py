@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Tracker", "flatten", "write_loss_curve"]
+__all__ = ["Tracker", "bound_mlflow", "flatten", "mlflow_problem", "write_loss_curve"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +33,30 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+def bound_mlflow(timeout_s: float = 5.0, max_retries: int = 0) -> None:
+    """Bound every MLflow HTTP request of this process (MLflow's defaults retry for minutes on a dead server)."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(timeout_s, 1)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+
+
+def mlflow_problem(uri: str | None, *, timeout_s: float = 5.0) -> str:
+    """Why the MLflow server at `uri` cannot be used ('' when its /health answers 200), in one line.
+
+    A missing URI is a problem too: MLflow would otherwise fall back to a local `mlflow.db` in the working
+    directory, which a job never creates unless asked. Also bounds this process's MLflow requests.
+    """
+    if not uri:
+        return "no MLflow server: set MLFLOW_TRACKING_URI or pass --tracking-uri (no local mlflow.db is created)"
+    bound_mlflow(timeout_s)
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:  # noqa: S310
+            return "" if resp.status == 200 else f"MLflow at {uri} answered HTTP {resp.status} on /health"
+    except (urllib.error.URLError, OSError) as err:
+        return f"MLflow at {uri} is not reachable: {getattr(err, 'reason', err)}"
 
 
 class Tracker:
@@ -55,8 +79,7 @@ class Tracker:
         self._client: Any = None
         if not self.uri:
             return
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(timeout_s, 1)))
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+        bound_mlflow(timeout_s, max_retries)
         if self.uri.startswith(("http://", "https://")) and not self._healthy(timeout_s):
             return
         from mlflow.tracking import MlflowClient

@@ -44,9 +44,11 @@ def _yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
+        mark, context = err.problem_mark or err.context_mark, err.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        what = " ".join(p for p in (err.context, err.problem) if p)
+        what = err.problem or err.context or "invalid YAML"
+        if err.context and context is not None and context is not mark:
+            what += f" ({err.context} at {context.line + 1}:{context.column + 1})"
         raise ConfigError(f"{where}: {what}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: {err}") from None
