@@ -127,20 +127,27 @@ def _collection_json(spec: _CollectionSpec, items: Sequence[dict[str, Any]]) -> 
     }  # fmt: skip
 
 
-def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = None) -> tuple[BuiltCollection, ...]:
+def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = None,
+                   only: Sequence[str] = ()) -> tuple[BuiltCollection, ...]:  # fmt: skip
     """Write COGs, `collection.json` and `items.ndjson` for every sample collection under `out_dir/<id>/`.
 
     Args:
         out_dir: Output folder (created).
         samples_dir: The committed samples (`data/samples`).
         l1c_dir: Folder of the optional Sentinel-2 L1C scene (`s2_B01.tif` …); the collection is skipped if None.
+        only: Collection ids to build (default: all).
 
     Returns:
         The built collections, in the order a STAC server should load them.
     """
     out_dir = out_dir.resolve()
     built = []
+    unknown = sorted(set(only) - {spec.collection_id for spec, _ in _specs(l1c_dir)})
+    if unknown:
+        raise KeyError(f"no sample collection {unknown}")
     for spec, source in _specs(l1c_dir):
+        if only and spec.collection_id not in only:
+            continue
         if spec.collection_id == "sentinel-2-l1c":
             if source is None or not source.is_dir():
                 log.info("sentinel-2-l1c skipped: the optional L1C scene folder is not present")

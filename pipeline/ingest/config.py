@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from pipeline.ingest.chips import CloudMask, SensorSpec
 from pipeline.ingest.grid import ChipGrid
+from pipeline.ingest.labels import LABELS, LabelSource
 
-__all__ = ["IngestConfig", "SensorSource"]
+__all__ = ["IngestConfig", "LabelSource", "SensorSource"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class IngestConfig:
         retry_backoff_max_s: Upper bound of one wait between read retries.
         quicklooks: Chips rendered as PNG beside the store.
         page_size: STAC search page size.
+        labels: Raster label items to attach to every chip (`pipeline.ingest.labels`); None = no labels.
     """
 
     bbox: tuple[float, float, float, float]
@@ -105,6 +107,7 @@ class IngestConfig:
     retry_backoff_max_s: float = 8.0
     quicklooks: int = 4
     page_size: int = 100
+    labels: LabelSource | None = None
 
     def __post_init__(self) -> None:
         if not self.sensors:
@@ -112,6 +115,8 @@ class IngestConfig:
         keys = [s.modality for s in self.sensors]
         if len(set(keys)) != len(keys):
             raise ValueError(f"sensor modalities must be unique, got {keys}")
+        if LABELS in keys:
+            raise ValueError(f"{LABELS!r} cannot be a sensor modality (it names the chips' label items)")
         if "/" not in self.datetime:
             raise ValueError(f"datetime must be an interval 'start/end', got {self.datetime!r}")
         if self.chips_per_shard < 1 or self.concurrency < 1:
