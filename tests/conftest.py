@@ -41,3 +41,46 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory, catalog_files: tuple[P
 def stack_env(local_stack: LocalStack) -> dict[str, str]:
     """Client variables of the session stack (what its env file exports)."""
     return local_stack.env()
+
+
+LANDCOVER_AREA = "bbox=[-78.7687079,35.745,-78.6914381,35.8061192]"  # the scene's northern half
+
+
+@pytest.fixture(scope="session")
+def landcover_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled store: configs/ingest-landcover.yaml over the northern half of the Landsat 7 scene, ingested in
+    this process from a `rustac serve` of the two collections it needs (the image and its land-cover labels)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from infra.local.catalogs import build_catalogs
+    from infra.local.samples import SAMPLES_DIR
+    from infra.local.services import free_port, stac_spec
+    from pipeline.config import load_config
+    from pipeline.ingest.config import IngestConfig
+    from pipeline.ingest.run import run_ingest
+
+    root = tmp_path_factory.mktemp("landcover")
+    built = build_catalogs(root / "catalogs", samples_dir=SAMPLES_DIR,
+                           only=("landsat-7-nc", "landsat-7-nc-landcover"))  # fmt: skip
+    spec = stac_spec([p for c in built for p in (c.collection_json, c.items_ndjson)], port=free_port())
+    server = subprocess.Popen(spec.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(spec.health_url, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("rustac serve did not start") from None
+                time.sleep(0.2)
+        config = load_config(IngestConfig, Path(__file__).parents[1] / "configs" / "ingest-landcover.yaml",
+                             [f"store={root / 'store'}", LANDCOVER_AREA, "quicklooks=0"])  # fmt: skip
+        run_ingest(config, stac_url=spec.urls["STAC_API_URL"], use_ray=False)
+    finally:
+        server.kill()
+        server.wait()
+    return root / "store"

@@ -34,6 +34,8 @@ __all__ = [
     "sentinel1_items",
     "sentinel2_l1c_items",
     "sentinel2_l2a_items",
+    "s1_item_id",
+    "s2_item_id",
 ]
 
 EXT = {
@@ -43,6 +45,7 @@ EXT = {
     "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
     "sar": "https://stac-extensions.github.io/sar/v1.0.0/schema.json",
     "classification": "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+    "label": "https://stac-extensions.github.io/label/v1.0.1/schema.json",
 }
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 # A fixed `updated` time keeps the catalogs byte-identical between builds.
@@ -130,18 +133,32 @@ def _cloud_cover_brightness(blue_dn: np.ndarray) -> float:
     return round(float(100.0 * np.count_nonzero(blue_dn[valid] > 2000) / np.count_nonzero(valid)), 2)
 
 
+def _s2_tile_source(patch: Path, meta: Mapping[str, Any]) -> tuple[str, ...]:
+    # tile_source: S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP_20170613T101608.SAFE
+    m = re.match(r"(S2[AB])_MSIL1C_(\w+?)_N(\d\d)(\d\d)_R(\d{3})_T(\w{5})_(\w+)\.SAFE", meta["tile_source"])
+    if m is None:
+        raise ValueError(f"unexpected tile_source {meta['tile_source']!r} in {patch}")
+    return m.groups()
+
+
+def s2_item_id(patch: Path, meta: Mapping[str, Any]) -> str:
+    """The `sentinel-2-l2a` item id of a BigEarthNet S2 patch folder and its labels metadata."""
+    sat, start, _, _, orbit, tile, _ = _s2_tile_source(patch, meta)
+    return f"{sat}_MSIL2A_{start}_R{orbit}_T{tile}_{'_'.join(patch.name.split('_')[-2:])}"
+
+
+def s1_item_id(patch: Path, meta: Mapping[str, Any]) -> str:
+    """The `sentinel-1-rtc` item id of a BigEarthNet S1 patch folder and its labels metadata."""
+    return f"{meta['scene_source']}_rtc_{'_'.join(patch.name.split('_')[-2:])}"
+
+
 def sentinel2_l2a_items(samples: Path, out: Path) -> list[dict[str, Any]]:
     """One `sentinel-2-l2a` item per BigEarthNet Sentinel-2 patch (assets B01..B12 without B10, and B8A)."""
     items = []
     for patch in sorted((samples / "bigearthnet" / "BigEarthNet-S2-Example").iterdir()):
         meta = json.loads(next(patch.glob("*_labels_metadata.json")).read_text())
-        # tile_source: S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP_20170613T101608.SAFE
-        m = re.match(r"(S2[AB])_MSIL1C_(\w+?)_N(\d\d)(\d\d)_R(\d{3})_T(\w{5})_(\w+)\.SAFE", meta["tile_source"])
-        if m is None:
-            raise ValueError(f"unexpected tile_source {meta['tile_source']!r} in {patch}")
-        sat, start, base_major, base_minor, orbit, tile, _ = m.groups()
-        patch_suffix = "_".join(patch.name.split("_")[-2:])
-        item_id = f"{sat}_MSIL2A_{start}_R{orbit}_T{tile}_{patch_suffix}"
+        sat, start, base_major, base_minor, orbit, tile, _ = _s2_tile_source(patch, meta)
+        item_id = s2_item_id(patch, meta)
         assets, epsg, bounds, blue = {}, 0, (0.0, 0.0, 0.0, 0.0), None
         for key in L2A_ASSETS:
             src = patch / f"{patch.name}_{key}.tif"
@@ -176,8 +193,7 @@ def sentinel1_items(samples: Path, out: Path) -> list[dict[str, Any]]:
     items = []
     for patch in sorted((samples / "bigearthnet" / "BigEarthNet-S1-Example").iterdir()):
         meta = json.loads(next(patch.glob("*_labels_metadata.json")).read_text())
-        patch_suffix = "_".join(patch.name.split("_")[-2:])
-        item_id = f"{meta['scene_source']}_rtc_{patch_suffix}"
+        item_id = s1_item_id(patch, meta)
         assets, epsg, bounds = {}, 0, (0.0, 0.0, 0.0, 0.0)
         for key in ("vv", "vh"):
             with rasterio.open(patch / f"{patch.name}_{key.upper()}.tif") as ds:

@@ -26,6 +26,7 @@ from infra.local.catalog_items import (
     sentinel2_l1c_items,
     sentinel2_l2a_items,
 )
+from infra.local.catalog_labels import bigearthnet_label_items, landcover_label_items, landsat7_nc_items
 
 __all__ = ["BuiltCollection", "build_catalogs", "offline_validator", "validate_offline"]
 
@@ -82,6 +83,26 @@ def _specs(l1c_dir: Path | None) -> list[tuple[_CollectionSpec, Path]]:
             "qa_pixel bits (0 fill, 3 cloud, 4 cloud shadow, 5 snow, 6 clear, 7 water).",
             "MIT", ("eo", "proj", "raster", "classification"), landsat_items), None),
         (_CollectionSpec(
+            "landsat-7-nc", "Landsat 7 ETM+ (Raleigh, North Carolina, west half)",
+            "The west half of a Landsat 7 ETM+ scene from 2000 (acquisition date not recorded: an interval), bands "
+            "1-5 and 7 under Planetary Computer's Landsat asset keys, 28.5 m on EPSG:32119 (not UTM). The samples "
+            "are 8-bit DN stored as float32 (nodata -99999) and int16 (band 7, nodata -32768); every valid value is "
+            "an integer in 1..255, so they were written as uint8 DN with nodata 0 (exact).",
+            "CC-BY-SA-3.0", ("eo", "proj", "raster"), landsat7_nc_items), None),
+        (_CollectionSpec(
+            "landsat-7-nc-landcover", "Land cover of the Landsat 7 North Carolina scene (label extension)",
+            "Raster labels (STAC label extension) of landsat-7-nc: the land-cover class of every pixel from a 1996 "
+            "classification (1 developed, 2 agriculture, 3 herbaceous, 4 shrubland, 5 forest, 6 water, 7 sediment; "
+            "0 no label), on the image's grid in the file's own CRS EPSG:3358 (NAD83(HARN), under a metre from "
+            "EPSG:32119). Class numbers stored as float32 (nodata -99999) were written as uint8 (nodata 0, exact).",
+            "CC-BY-SA-3.0", ("label", "proj", "raster", "classification"), landcover_label_items), None),
+        (_CollectionSpec(
+            "bigearthnet-labels", "BigEarthNet CORINE multi-labels (label extension)",
+            "Vector labels (STAC label extension) of the BigEarthNet Sentinel-2/Sentinel-1 pairs: one item per "
+            "pair, a GeoJSON asset with the 1200 m patch polygon and its CORINE Land Cover level-3 classes (tile-"
+            "level multi-label classification), `source` links to the sentinel-2-l2a and sentinel-1-rtc items.",
+            "CDLA-Permissive-1.0", ("label", "proj"), bigearthnet_label_items), None),
+        (_CollectionSpec(
             "sentinel-2-l1c", "Sentinel-2 Level-1C (Virginia scene crop)",
             "One cloud-free Sentinel-2 L1C top-of-atmosphere crop with all 13 bands (uint16, x 10^4). Its "
             "acquisition date is unknown, so the item carries an interval instead of a datetime.",
@@ -106,20 +127,27 @@ def _collection_json(spec: _CollectionSpec, items: Sequence[dict[str, Any]]) -> 
     }  # fmt: skip
 
 
-def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = None) -> tuple[BuiltCollection, ...]:
+def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = None,
+                   only: Sequence[str] = ()) -> tuple[BuiltCollection, ...]:  # fmt: skip
     """Write COGs, `collection.json` and `items.ndjson` for every sample collection under `out_dir/<id>/`.
 
     Args:
         out_dir: Output folder (created).
         samples_dir: The committed samples (`data/samples`).
         l1c_dir: Folder of the optional Sentinel-2 L1C scene (`s2_B01.tif` …); the collection is skipped if None.
+        only: Collection ids to build (default: all).
 
     Returns:
         The built collections, in the order a STAC server should load them.
     """
     out_dir = out_dir.resolve()
     built = []
+    unknown = sorted(set(only) - {spec.collection_id for spec, _ in _specs(l1c_dir)})
+    if unknown:
+        raise KeyError(f"no sample collection {unknown}")
     for spec, source in _specs(l1c_dir):
+        if only and spec.collection_id not in only:
+            continue
         if spec.collection_id == "sentinel-2-l1c":
             if source is None or not source.is_dir():
                 log.info("sentinel-2-l1c skipped: the optional L1C scene folder is not present")
@@ -132,7 +160,8 @@ def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = N
         collection_json = folder / "collection.json"
         items_ndjson = folder / "items.ndjson"
         for item in items:  # the core item schema wants a collection link where `collection` is set
-            item["links"] = [{"rel": "collection", "type": "application/json", "href": collection_json.as_uri()}]
+            item["links"] = [{"rel": "collection", "type": "application/json", "href": collection_json.as_uri()}] + [
+                link for link in item.get("links", []) if link["rel"] != "collection"]  # e.g. labels' `source`
         _write_if_changed(collection_json, json.dumps(_collection_json(spec, items), indent=2, sort_keys=True) + "\n")
         _write_if_changed(items_ndjson, "".join(json.dumps(i, sort_keys=True) + "\n" for i in items))
         built.append(BuiltCollection(spec.collection_id, collection_json, items_ndjson, len(items)))

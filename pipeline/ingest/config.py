@@ -12,8 +12,9 @@ from pipeline.errors import ConfigError
 from pipeline.ingest.chips import CloudMask, SensorSpec
 from pipeline.ingest.grid import ChipGrid
 from pipeline.times import parse_interval
+from pipeline.ingest.labels import LABELS, LabelSource
 
-__all__ = ["IngestConfig", "SensorSource"]
+__all__ = ["IngestConfig", "LabelSource", "SensorSource"]
 
 
 def _check_bbox(bbox: tuple[float, ...]) -> None:
@@ -107,6 +108,7 @@ class IngestConfig:
         retry_backoff_max_s: Upper bound of one wait between read retries.
         quicklooks: Chips rendered as PNG beside the store.
         page_size: STAC search page size.
+        labels: Raster label items to attach to every chip (`pipeline.ingest.labels`); None = no labels.
     """
 
     bbox: tuple[float, ...]
@@ -121,6 +123,7 @@ class IngestConfig:
     retry_backoff_max_s: float = 8.0
     quicklooks: int = 4
     page_size: int = 100
+    labels: LabelSource | None = None
 
     def __post_init__(self) -> None:
         if not self.sensors:
@@ -128,6 +131,8 @@ class IngestConfig:
         keys = [s.modality for s in self.sensors]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"sensor modalities must be unique, got {keys}")
+        if LABELS in keys:
+            raise ConfigError(f"{LABELS!r} cannot be a sensor modality (it names the chips' label items)")
         _check_bbox(self.bbox)
         try:
             parse_interval(self.datetime)

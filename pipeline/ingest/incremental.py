@@ -229,6 +229,9 @@ def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options
         LeaseHeld: Another run holds the lease (nothing was written).
         PipelineError: The run failed (its row in the runs table says why; the lease is released).
     """
+    if config.labels is not None:
+        raise PipelineError("incremental ingestion does not attach labels; run a full ingestion (jobs/ingest.py "
+                            "without --incremental) for a config with `labels`")  # fmt: skip
     start = time.perf_counter()
     opts = dict(storage_options or {})
     layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},

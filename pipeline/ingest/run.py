@@ -28,6 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 from pipeline.times import parse_interval
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
+from pipeline.ingest.labels import LABELS, assign_labels, search_labels, sensor_manifest, shard_label_files
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.ingest.quicklook import modality_panel, write_quicklook
 from pipeline.ingest.raster_reader import ChipReader
@@ -117,10 +118,16 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
                 rejects += chip_rejects
                 if chip is not None:
                     chips.append(chip)
+            extra: dict[str, bytes] = {}
+            if chips and config.labels is not None:
+                extra, label_rejects = shard_label_files(plans, [c.chip_id for c in chips], items, config.labels,
+                                                         reader)  # fmt: skip
+                rejects += label_rejects
         info = None
         if chips:
             info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": version},
-                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))})  # fmt: skip
+                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))},
+                               extra_files=extra)  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
                 "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
 
@@ -225,9 +232,12 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
                                                         max_cloud_cover=sensor.max_cloud_cover,
                                                         page_size=config.page_size))  # fmt: skip
         log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
+    if config.labels is not None:
+        found[LABELS] = search_labels(config.labels, bbox=config.bbox, stac_url=stac_url, page_size=config.page_size)
+        log.info("labels: %d items from %s", len(found[LABELS]), config.labels.collection)
     manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
     span = parse_interval(config.datetime)
-    plans, rejects = plan_chips(manifest, grid=config.grid, area=config.bbox,
+    plans, rejects = plan_chips(sensor_manifest(manifest), grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(span.start, span.end))  # fmt: skip
@@ -235,6 +245,8 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
         raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "
                             f"({len(rejects)} rejects in {config.store}/rejects.parquet)")  # fmt: skip
+    if config.labels is not None:
+        plans = assign_labels(plans, manifest, config.labels)
     by_id = {p.chip_id: p for p in plans}
     shards = shard_plans(manifest.version, plans, config.chips_per_shard)
     results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url)

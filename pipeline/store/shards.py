@@ -82,11 +82,13 @@ def is_committed(layout: StoreLayout, shard_id: str) -> bool:
 
 def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
                 dataset_meta: Mapping[str, Any] | None = None,
-                sidecar: Mapping[str, str] | None = None) -> ShardInfo:  # fmt: skip
+                sidecar: Mapping[str, str] | None = None,
+                extra_files: Mapping[str, bytes] | None = None) -> ShardInfo:  # fmt: skip
     """Write `chips` as one shard and commit it; a shard already committed is left as it is (idempotent).
 
     `sidecar` files (name → text, e.g. the shard's band statistics) are written inside the shard before its
-    commit marker, so they exist exactly when the shard does.
+    commit marker, so they exist exactly when the shard does. `extra_files` (relative name → bytes, e.g. the
+    `labels` group of `pipeline.store.labels`) are written with the shard's own files and move with them.
 
     Raises:
         StoreError: Inconsistent chips, or storage failure (the shard then stays uncommitted).
@@ -101,6 +103,10 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
     tmp = f"{root}/_tmp/{shard_id}-{uuid.uuid4().hex[:8]}.zarr"
     try:
         files = encode_shard(content, layout.zstd_level)
+        clash = sorted(set(files) & set(extra_files or {}))
+        if clash:
+            raise StoreError(f"shard {shard_id}: extra files {clash[:3]} would overwrite the shard's own files")
+        files |= dict(extra_files or {})
         folders = sorted({f"{tmp}/{name}".rsplit("/", 1)[0] for name in files})
         for folder in [f for i, f in enumerate(folders) if not any(g.startswith(f + "/") for g in folders[i + 1 :])]:
             fs.makedirs(folder, exist_ok=True)  # leaf folders only (their parents come with them)

@@ -31,7 +31,8 @@ def _path(asset: dict) -> str:
 
 def test_collections_and_counts(built: dict[str, list[dict]]) -> None:
     assert {k: len(v) for k, v in built.items()} == {
-        "sentinel-2-l2a": 6, "sentinel-1-rtc": 6, "neon-aerial": 1, "landsat-c2-l2": 105}
+        "sentinel-2-l2a": 6, "sentinel-1-rtc": 6, "neon-aerial": 1, "landsat-c2-l2": 105, "landsat-7-nc": 1,
+        "landsat-7-nc-landcover": 1, "bigearthnet-labels": 6}
 
 
 def test_every_item_validates_offline_against_its_extensions(built: dict[str, list[dict]]) -> None:
