@@ -29,14 +29,15 @@ from numcodecs import VLenUTF8, Zstd
 
 from pipeline.errors import StoreError
 
-__all__ = ["read_arrays"]
+__all__ = ["read_arrays", "zarr_store"]
 
 _EMPTY = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 _ZSTD = Zstd()
 _VLEN = VLenUTF8()
 
 
-def _zarr_store(url: str, storage_options: Mapping[str, Any] | None) -> zarr.storage.StoreLike:
+def zarr_store(url: str, storage_options: Mapping[str, Any] | None) -> zarr.storage.StoreLike:
+    """A read-only zarr store over a local path or an fsspec URL."""
     if "://" in url and not url.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
     return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=True)
@@ -188,7 +189,7 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
                 raise StoreError(f"shard {url}: array {p!r} cannot be decoded ({err}); re-run the ingestion of this "
                                  "shard") from err  # fmt: skip
             continue
-        store = store or _zarr_store(url, storage_options)
+        store = store or zarr_store(url, storage_options)
         try:
             out[p] = np.asarray(zarr.open_array(store, path=p, mode="r", zarr_format=3)[...])
         except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as err:
