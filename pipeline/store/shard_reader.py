@@ -28,6 +28,7 @@ import zarr.storage
 from numcodecs import VLenUTF8, Zstd
 
 from pipeline.errors import StoreError
+from pipeline.store.packing import is_packed, unpack
 
 __all__ = ["read_arrays", "zarr_store"]
 
@@ -52,6 +53,7 @@ class _Plan:
     """How to decode one array from its single chunk file; `_NotFast` when the layout is not one decoded here."""
 
     def __init__(self, meta: Mapping[str, Any]) -> None:
+        self.attrs = dict(meta.get("attributes") or {})
         self.shape = tuple(int(n) for n in meta["shape"])
         self.string = meta["data_type"] == "string"
         self.dtype = np.dtype(object) if self.string else np.dtype(str(meta["data_type"]))
@@ -145,17 +147,19 @@ class _NotFast(Exception):
     """The array's layout is not one the fast path decodes; read it with zarr."""
 
 
-def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str, Any] | None = None
-                ) -> dict[str, np.ndarray]:  # fmt: skip
+def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str, Any] | None = None,
+                decode: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
     """Read whole arrays of one Zarr v3 store (a shard), e.g. `["s2/data", "s2/valid"]`, as numpy arrays.
 
     Args:
         url: The shard's URL (local path, `file://` or an fsspec URL such as `s3://…`).
         paths: Array paths inside the store.
         storage_options: fsspec options (e.g. the S3 endpoint).
+        decode: Unpack arrays stored as integers with CF `scale_factor`/`add_offset` into float32
+            (`pipeline.store.packing.unpack`: bit-identical to the values before packing, NaN at the fill value).
 
     Returns:
-        Path -> the whole array (strings as an object array), equal to `zarr.open_array(...)[...]`.
+        Path -> the whole array (strings as an object array), equal to `zarr.open_array(...)[...]` (then unpacked).
 
     Raises:
         StoreError: An array is missing or its chunk index is corrupt.
@@ -184,14 +188,17 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
             elif not isinstance(raw, bytes):
                 raise StoreError(f"reading {fast[p]} failed: {raw}") from raw
             try:
-                out[p] = plan.decode(raw, url, p)
+                values = plan.decode(raw, url, p)
             except (RuntimeError, ValueError) as err:  # zstd or a size mismatch: a damaged chunk
                 raise StoreError(f"shard {url}: array {p!r} cannot be decoded ({err}); re-run the ingestion of this "
                                  "shard") from err  # fmt: skip
+            out[p] = unpack(values, plan.attrs) if decode and is_packed(plan.attrs) else values
             continue
         store = store or zarr_store(url, storage_options)
         try:
-            out[p] = np.asarray(zarr.open_array(store, path=p, mode="r", zarr_format=3)[...])
+            array = zarr.open_array(store, path=p, mode="r", zarr_format=3)
+            values, attrs = np.asarray(array[...]), dict(array.attrs)
         except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as err:
             raise _missing(url, p) from err
+        out[p] = unpack(values, attrs) if decode and is_packed(attrs) else values
     return out

@@ -61,7 +61,8 @@ def test_a_stored_chip_is_placed_by_rioxarray_where_the_source_window_is(store) 
         assert one.rio.crs == expected_crs
         assert one["data"].rio.transform() == expected_transform
         assert one.rio.bounds() == pytest.approx(chip.bounds)
-        np.testing.assert_array_equal(one["data"].sel(band="B2").values[0], pixels * np.float32(1e-4))
+        stored = one["data"].sel(band="B2").values[0]  # uint16 DN + 1000 decoded by xarray (CF) in float64
+        np.testing.assert_array_equal(stored.astype(np.float32), pixels * np.float32(1e-4))
         assert one["time"].dtype == np.dtype("datetime64[ns]") and one.sizes["time"] == 1  # padding dropped
         assert one["time"].values[0] == np.datetime64(item.datetime.replace(tzinfo=None), "ns")
         assert one["data"].attrs["grid_mapping"] == "spatial_ref"
