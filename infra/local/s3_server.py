@@ -4,9 +4,10 @@ moto keeps buckets and objects in memory only, so `make stack-down` and `up` use
 and registered model artifact (the registry's database, on disk, then listed models whose files were gone).
 moto 5.2.5 has no persistence mode (its request recorder appends every request, reads included, and replays
 them all, which grows without bound). This server runs moto's own WSGI app and, after every request that
-changed a bucket (PUT, POST or DELETE answered 2xx), writes that bucket's changed objects to the folder and
-removes the deleted ones (compared by ETag, size and modification time, under one lock, so the last write of a
-key always leaves its latest value on disk). At start every stored bucket and object is put back into moto
+changed a bucket (PUT, POST or DELETE answered 2xx), writes the object it stored (a PUT or POST naming a key
+moto now holds) or else that bucket's changed objects, and removes the deleted ones (compared by ETag, size and
+modification time, under one lock, reading moto's current value inside it, so the last write of a key always
+leaves its latest value on disk). At start every stored bucket and object is put back into moto
 (same bytes, ETag, metadata and modification time) before the port opens.
 
 Layout of the folder: `buckets.json` (name -> region) and, per object, `objects/<sha256(bucket, key)>.bin` (the
@@ -97,6 +98,30 @@ class PersistentS3:
                 continue
         return {name: obj for name, obj in list(bucket.keys.items()) if isinstance(obj, FakeKey)}
 
+    def _sync_key(self, bucket_name: str, key: str) -> bool:
+        """Write one object that a PUT/POST just stored; False when moto holds no such key (then diff the bucket)."""
+        from moto.s3.models import FakeKey
+
+        with self.lock:  # moto's current value, read under the lock: a later write's sync cannot be overtaken
+            bucket = self.backend.buckets.get(bucket_name)
+            obj = bucket.keys.get(key) if bucket is not None and bucket_name in self.regions else None
+            if not isinstance(obj, FakeKey):
+                return False
+            self._store(bucket_name, key, obj)
+        return True
+
+    def _store(self, name: str, key: str, obj: Any) -> None:
+        held = self.known.setdefault(name, {})
+        sig = self._signature(obj)
+        if held.get(key) == sig:
+            return
+        base = self.objects / self._name(name, key)
+        _write(base.with_suffix(".bin"), obj.value)
+        meta = {"bucket": name, "key": key, "etag": sig[0], "size": sig[1], "modified": sig[2],
+                "metadata": dict(obj.metadata)}  # fmt: skip
+        _write(base.with_suffix(".json"), json.dumps(meta).encode())
+        held[key] = sig
+
     def sync(self, names: Iterable[str] | None = None) -> None:
         """Write the changed objects of these buckets (None: every bucket) and drop the deleted ones."""
         with self.lock:
@@ -110,15 +135,7 @@ class PersistentS3:
                         (self.objects / f"{self._name(name, key)}{suffix}").unlink(missing_ok=True)
                     del held[key]
                 for key, obj in now.items():
-                    sig = self._signature(obj)
-                    if held.get(key) == sig:
-                        continue
-                    base = self.objects / self._name(name, key)
-                    _write(base.with_suffix(".bin"), obj.value)
-                    meta = {"bucket": name, "key": key, "etag": sig[0], "size": sig[1], "modified": sig[2],
-                            "metadata": dict(obj.metadata)}  # fmt: skip
-                    _write(base.with_suffix(".json"), json.dumps(meta).encode())
-                    held[key] = sig
+                    self._store(name, key, obj)
                 if bucket is None:
                     self.known.pop(name, None)
                     self.regions.pop(name, None)
@@ -140,8 +157,15 @@ class PersistentS3:
 
             body = list(app(environ, recording))  # moto handles the request here, synchronously
             if status and status[0] < 300:
-                first = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
-                if first != "moto-api":
+                first, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
+                if first == "moto-api":
+                    return body
+                try:  # WSGI paths are latin-1 strings of the request's bytes
+                    key = key.encode("latin-1").decode("utf-8")
+                except UnicodeError:
+                    key = ""
+                one = environ["REQUEST_METHOD"] != "DELETE" and "delete" not in environ.get("QUERY_STRING", "")
+                if not (one and key and self._sync_key(first, key)):
                     self.sync([first] if first else None)
             return body
 
