@@ -6,7 +6,7 @@ the loader needs took 17 ms per shard that way and 4.4 ms here (docs/TRAINING.md
 with two batched fetches per shard (every `zarr.json`, then every chunk file; concurrent on object stores through
 fsspec's `cat`) and decodes the layout `pipeline.store.shards` writes -- one outer chunk per array, optionally the
 `sharding_indexed` codec with its index at the end (crc32c checked), inner codecs `bytes` (little endian) or
-`vlen-utf8`, then optionally `zstd` -- directly with numcodecs, in the calling thread (zstd releases the GIL, so
+`vlen-utf8`, then optionally `zstd` or `blosc` -- directly with numcodecs, in the calling thread (zstd releases the GIL, so
 reads in a background thread overlap with the consumer's work).
 
 Any other layout (several outer chunks, another codec, a transpose, big endian...) is read with
@@ -25,7 +25,7 @@ import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
-from numcodecs import VLenUTF8, Zstd
+from numcodecs import Blosc, VLenUTF8, Zstd
 
 from pipeline.errors import StoreError
 from pipeline.store.packing import is_packed, unpack
@@ -34,6 +34,7 @@ __all__ = ["read_arrays", "zarr_store"]
 
 _EMPTY = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 _ZSTD = Zstd()
+_BLOSC = Blosc()  # decoding reads the codec, shuffle and type size from each blosc frame's header
 _VLEN = VLenUTF8()
 
 
@@ -75,8 +76,8 @@ class _Plan:
                 raise _NotFast
             self.inner_shape = tuple(int(n) for n in conf["chunk_shape"])
             codecs = list(conf["codecs"])
-        self.zstd = bool(codecs) and codecs[-1]["name"] == "zstd"
-        first = codecs[: len(codecs) - self.zstd]
+        self.compressor = {"zstd": _ZSTD, "blosc": _BLOSC}.get(codecs[-1]["name"]) if codecs else None
+        first = codecs[: len(codecs) - (self.compressor is not None)]
         if len(first) != 1:
             raise _NotFast
         name, conf = first[0]["name"], first[0].get("configuration", {})
@@ -102,7 +103,7 @@ class _Plan:
 
     def _decode_one(self, raw: bytes | memoryview, shape: tuple[int, ...], *, url: str = "", path: str = ""
                     ) -> np.ndarray:  # fmt: skip
-        data = _ZSTD.decode(raw) if self.zstd else raw
+        data = self.compressor.decode(raw) if self.compressor is not None else raw
         if self.string:
             return np.asarray(_VLEN.decode(data), dtype=object).reshape(shape)
         if len(data) != math.prod(shape) * self.dtype.itemsize:
