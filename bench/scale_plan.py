@@ -185,7 +185,9 @@ def measure_store(url: str) -> dict[str, float]:
             if not fs.exists(f"{shard}/{group}/zarr.json"):
                 continue
             ds = xr.open_zarr(shard_url, group=group, zarr_format=3, consolidated=False)
-            raw[group] = raw.get(group, 0) + int(ds["data"].nbytes + ds["valid"].nbytes)
+            stored_dtype = ds["data"].encoding.get("dtype", ds["data"].dtype)  # uint16 when packed (decoded: float)
+            size = int(ds["data"].size) * int(getattr(stored_dtype, "itemsize", 4)) + int(ds["valid"].nbytes)
+            raw[group] = raw.get(group, 0) + size
             stored[group] = stored.get(group, 0) + int(fs.du(f"{shard}/{group}"))
     out: dict[str, float] = {"shards": len(index), "chips": chips, "objects_per_shard": objects / len(index)}
     for group in raw:

@@ -88,9 +88,15 @@ def stac_spec(hrefs: Sequence[Path], *, port: int) -> ServiceSpec:
     return ServiceSpec("stac", argv, {}, f"{url}/collections", {"http": port}, 30.0, {"STAC_API_URL": url})
 
 
-def s3_spec(*, port: int) -> ServiceSpec:
-    """An S3-compatible object store (`moto_server`), in memory."""
-    argv = (_bin("moto_server"), "-H", HOST, "-p", str(port))
+def s3_spec(*, port: int, data_dir: Path) -> ServiceSpec:
+    """An S3-compatible object store: moto's S3 with its objects kept in `data_dir` across restarts.
+
+    `infra/local/s3_server.py` is started as a script (it imports moto and werkzeug only), so it runs from any
+    working directory.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).with_name("s3_server.py")
+    argv = (sys.executable, str(script), "--host", HOST, "--port", str(port), "--data-dir", str(data_dir))
     url = f"http://{HOST}:{port}"
     return ServiceSpec("s3", argv, {}, f"{url}/moto-api/", {"http": port}, 30.0, {"S3_ENDPOINT_URL": url})
 

@@ -53,7 +53,8 @@ class StackConfig:
     """What the local stack runs and where it keeps its state.
 
     Attributes:
-        state_dir: Folder for state.json, env, logs, the MLflow database and local artifacts.
+        state_dir: Folder for state.json, env, logs, the MLflow database, local artifacts and the S3 server's
+            objects (`s3/`, kept across `down` and `up`; remove the folder to start empty).
         services: Which servers to run, a subset of `ALL_SERVICES`.
         stac_hrefs: Collection JSON and item ndjson files served by the STAC API.
         bucket: Bucket created on the S3 server; MLflow artifacts go under `s3://<bucket>/mlflow`.
@@ -190,7 +191,7 @@ class LocalStack:
         if name == "stac":
             return stac_spec(self.config.stac_hrefs, port=free_port(exclude=taken))
         if name == "s3":
-            return s3_spec(port=free_port(exclude=taken))
+            return s3_spec(port=free_port(exclude=taken), data_dir=self.state_dir / "s3")
         if name == "mlflow":
             s3 = services.get("s3")
             if s3 is not None:

@@ -22,6 +22,7 @@ from pipeline.times import try_instant
 from pipeline.errors import ChipError
 from pipeline.ingest.grid import ChipPlan, Reject
 from pipeline.ingest.raster_reader import ChipReader
+from pipeline.store.packing import Packing
 from pipeline.store.records import Chip, ModalityArray
 from pipeline.ingest.retry import TransientReadError
 from pipeline.catalog.signing import redact
@@ -55,6 +56,8 @@ class SensorSpec:
         to_db: Convert linear backscatter to dB (10·log10); non-positive values become invalid.
         nodata: Raw value meaning "no data" (None: NaN only).
         cloud: Optional per-pixel quality mask.
+        pack: Let the store keep scaled integer DN as uint16 (CF scale_factor/add_offset) instead of float32
+            when that is lossless; False keeps float32.
     """
 
     modality: str
@@ -67,6 +70,17 @@ class SensorSpec:
     to_db: bool = False
     nodata: float | None = 0
     cloud: CloudMask | None = None
+    pack: bool = True
+
+    def packing(self, raw_dtype: np.dtype) -> Packing | None:
+        """How the prepared float32 values relate to integer DN, when the store may pack them (else None).
+
+        The reference offset includes the Sentinel-2 +1000 when harmonising, so items of either side of
+        baseline 04.00 share one packing (the stored integer absorbs each item's own offset).
+        """
+        if not self.pack or self.to_db or (self.scale is None and raw_dtype.kind not in "iu"):
+            return None
+        return Packing(1.0 if self.scale is None else self.scale, self.offset + (1000.0 if self.harmonize_s2 else 0.0))
 
     def __post_init__(self) -> None:
         if len(self.assets) != len(self.bands) or not self.assets:
@@ -126,7 +140,8 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
     if spec.scale is None and not spec.to_db and raw.dtype == np.uint8:
         data = raw  # keep 8-bit imagery as it is
     dates = np.array([np.datetime64(_when(i).replace(tzinfo=None), "s") for i in items], dtype="datetime64[s]")
-    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m), has_data
+    packing = spec.packing(raw.dtype) if data.dtype == np.float32 else None
+    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m, packing), has_data
 
 
 def _read_error_kind(err: ChipError) -> str:
@@ -150,7 +165,7 @@ def _concat(mods: Sequence[ModalityArray]) -> ModalityArray:
         return mods[0]
     return ModalityArray(np.concatenate([m.data for m in mods]), np.concatenate([m.valid for m in mods]),
                          np.concatenate([m.dates for m in mods]), tuple(i for m in mods for i in m.item_ids),
-                         mods[0].bands, mods[0].res_m)  # fmt: skip
+                         mods[0].bands, mods[0].res_m, mods[0].packing)  # fmt: skip
 
 
 def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping[str, SensorSpec], *,

@@ -50,6 +50,8 @@ class SensorSource:
         cloud_classes: Quality values that are invalid (SCL-like).
         cloud_bits: Quality bits that, when set, are invalid (QA_PIXEL-like).
         sign: `planetary-computer` to sign Azure hrefs right before reading, or empty.
+        pack: Store scaled integer DN (reflectance) as uint16 with CF scale_factor/add_offset when lossless;
+            False stores float32.
     """
 
     modality: str
@@ -69,6 +71,7 @@ class SensorSource:
     cloud_classes: tuple[int, ...] = ()
     cloud_bits: tuple[int, ...] = ()
     sign: str = ""
+    pack: bool = True
 
     def __post_init__(self) -> None:
         if not self.assets:
@@ -87,7 +90,7 @@ class SensorSource:
             else None  # fmt: skip
         return SensorSpec(self.modality, tuple(self.assets), tuple(self.assets.values()), self.res_m,
                           scale=self.scale, offset=self.offset, harmonize_s2=self.harmonize_s2, to_db=self.to_db,
-                          nodata=self.nodata, cloud=cloud)  # fmt: skip
+                          nodata=self.nodata, cloud=cloud, pack=self.pack)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.store.packing import Packing
+
 __all__ = ["Chip", "ModalityArray"]
 
 
@@ -21,6 +23,8 @@ class ModalityArray:
         item_ids: T source item ids.
         bands: C band names.
         res_m: Pixel size in metres.
+        packing: How float32 `data` was made from integer DN (the store then keeps it as uint16 when that is
+            lossless); None for values that are not scaled integers (dB, raw floats, uint8 imagery).
     """
 
     data: np.ndarray
@@ -29,6 +33,7 @@ class ModalityArray:
     item_ids: tuple[str, ...]
     bands: tuple[str, ...]
     res_m: float
+    packing: Packing | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4:

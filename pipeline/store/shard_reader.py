@@ -6,7 +6,7 @@ the loader needs took 17 ms per shard that way and 4.4 ms here (docs/TRAINING.md
 with two batched fetches per shard (every `zarr.json`, then every chunk file; concurrent on object stores through
 fsspec's `cat`) and decodes the layout `pipeline.store.shards` writes -- one outer chunk per array, optionally the
 `sharding_indexed` codec with its index at the end (crc32c checked), inner codecs `bytes` (little endian) or
-`vlen-utf8`, then optionally `zstd` -- directly with numcodecs, in the calling thread (zstd releases the GIL, so
+`vlen-utf8`, then optionally `zstd` or `blosc` -- directly with numcodecs, in the calling thread (zstd releases the GIL, so
 reads in a background thread overlap with the consumer's work).
 
 Any other layout (several outer chunks, another codec, a transpose, big endian...) is read with
@@ -25,18 +25,21 @@ import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
-from numcodecs import VLenUTF8, Zstd
+from numcodecs import Blosc, VLenUTF8, Zstd
 
 from pipeline.errors import StoreError
+from pipeline.store.packing import is_packed, unpack
 
-__all__ = ["read_arrays"]
+__all__ = ["read_arrays", "zarr_store"]
 
 _EMPTY = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 _ZSTD = Zstd()
+_BLOSC = Blosc()  # decoding reads the codec, shuffle and type size from each blosc frame's header
 _VLEN = VLenUTF8()
 
 
-def _zarr_store(url: str, storage_options: Mapping[str, Any] | None) -> zarr.storage.StoreLike:
+def zarr_store(url: str, storage_options: Mapping[str, Any] | None) -> zarr.storage.StoreLike:
+    """A read-only zarr store over a local path or an fsspec URL."""
     if "://" in url and not url.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}), read_only=True)
     return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=True)
@@ -51,6 +54,7 @@ class _Plan:
     """How to decode one array from its single chunk file; `_NotFast` when the layout is not one decoded here."""
 
     def __init__(self, meta: Mapping[str, Any]) -> None:
+        self.attrs = dict(meta.get("attributes") or {})
         self.shape = tuple(int(n) for n in meta["shape"])
         self.string = meta["data_type"] == "string"
         self.dtype = np.dtype(object) if self.string else np.dtype(str(meta["data_type"]))
@@ -72,8 +76,8 @@ class _Plan:
                 raise _NotFast
             self.inner_shape = tuple(int(n) for n in conf["chunk_shape"])
             codecs = list(conf["codecs"])
-        self.zstd = bool(codecs) and codecs[-1]["name"] == "zstd"
-        first = codecs[: len(codecs) - self.zstd]
+        self.compressor = {"zstd": _ZSTD, "blosc": _BLOSC}.get(codecs[-1]["name"]) if codecs else None
+        first = codecs[: len(codecs) - (self.compressor is not None)]
         if len(first) != 1:
             raise _NotFast
         name, conf = first[0]["name"], first[0].get("configuration", {})
@@ -99,7 +103,7 @@ class _Plan:
 
     def _decode_one(self, raw: bytes | memoryview, shape: tuple[int, ...], *, url: str = "", path: str = ""
                     ) -> np.ndarray:  # fmt: skip
-        data = _ZSTD.decode(raw) if self.zstd else raw
+        data = self.compressor.decode(raw) if self.compressor is not None else raw
         if self.string:
             return np.asarray(_VLEN.decode(data), dtype=object).reshape(shape)
         if len(data) != math.prod(shape) * self.dtype.itemsize:
@@ -144,17 +148,19 @@ class _NotFast(Exception):
     """The array's layout is not one the fast path decodes; read it with zarr."""
 
 
-def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str, Any] | None = None
-                ) -> dict[str, np.ndarray]:  # fmt: skip
+def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str, Any] | None = None,
+                decode: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
     """Read whole arrays of one Zarr v3 store (a shard), e.g. `["s2/data", "s2/valid"]`, as numpy arrays.
 
     Args:
         url: The shard's URL (local path, `file://` or an fsspec URL such as `s3://…`).
         paths: Array paths inside the store.
         storage_options: fsspec options (e.g. the S3 endpoint).
+        decode: Unpack arrays stored as integers with CF `scale_factor`/`add_offset` into float32
+            (`pipeline.store.packing.unpack`: bit-identical to the values before packing, NaN at the fill value).
 
     Returns:
-        Path -> the whole array (strings as an object array), equal to `zarr.open_array(...)[...]`.
+        Path -> the whole array (strings as an object array), equal to `zarr.open_array(...)[...]` (then unpacked).
 
     Raises:
         StoreError: An array is missing or its chunk index is corrupt.
@@ -183,14 +189,17 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
             elif not isinstance(raw, bytes):
                 raise StoreError(f"reading {fast[p]} failed: {raw}") from raw
             try:
-                out[p] = plan.decode(raw, url, p)
+                values = plan.decode(raw, url, p)
             except (RuntimeError, ValueError) as err:  # zstd or a size mismatch: a damaged chunk
                 raise StoreError(f"shard {url}: array {p!r} cannot be decoded ({err}); re-run the ingestion of this "
                                  "shard") from err  # fmt: skip
+            out[p] = unpack(values, plan.attrs) if decode and is_packed(plan.attrs) else values
             continue
-        store = store or _zarr_store(url, storage_options)
+        store = store or zarr_store(url, storage_options)
         try:
-            out[p] = np.asarray(zarr.open_array(store, path=p, mode="r", zarr_format=3)[...])
+            array = zarr.open_array(store, path=p, mode="r", zarr_format=3)
+            values, attrs = np.asarray(array[...]), dict(array.attrs)
         except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as err:
             raise _missing(url, p) from err
+        out[p] = unpack(values, attrs) if decode and is_packed(attrs) else values
     return out

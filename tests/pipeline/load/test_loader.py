@@ -52,7 +52,7 @@ def _write_uneven_copy(src: str, dst: str) -> None:
         for i, chip_id in enumerate(ds["chip"].values):
             k = 2 + len(chips) % 7
             minx, maxy = ds.attrs["x_origin"][i], ds.attrs["y_origin"][i]
-            mod = ModalityArray(ds["data"].values[i, :k], ds["valid"].values[i, :k],
+            mod = ModalityArray(ds["data"].values[i, :k].astype(np.float32), ds["valid"].values[i, :k],
                                 ds["dates"].values[i, :k].astype("datetime64[s]"),
                                 tuple(str(v) for v in ds["item_ids"].values[i, :k]),
                                 tuple(str(b) for b in ds["band"].values), float(ds.attrs["res_m"]))  # fmt: skip
