@@ -23,6 +23,8 @@ class AnySatConfig:
         modalities: The sensors the model has projectors for (default: the 11 official keys).
         mlp_ratio: Hidden width of the transformer MLPs, as a multiple of `embed_dim`.
         ltae_chunk_pixels: Pixel time series per L-TAE chunk (bounds peak memory).
+        ltae_skip_masked: Compute only the valid pixel-dates in the L-TAE (same outputs and gradients as
+            computing every pixel-date and masking; False computes them all, for comparison).
         grad_checkpointing: Recompute L-TAE chunks and transformer blocks in the backward pass.
         official_aerial_order: Emit VHR sub-patches in the official cell-major order (for faithful use of
             official weights); False gives raster order, which the position encoding and `dense` assume.
@@ -34,6 +36,7 @@ class AnySatConfig:
     modalities: tuple[Modality, ...] = field(default_factory=lambda: tuple(OFFICIAL_MODALITIES.values()))
     mlp_ratio: float = 4.0
     ltae_chunk_pixels: int = 512
+    ltae_skip_masked: bool = True
     grad_checkpointing: bool = False
     official_aerial_order: bool = False
     official_irpe: bool = False
@@ -66,6 +69,7 @@ class AnySatConfig:
         """JSON-ready form (saved beside the weights)."""
         return {"size": self.size, "modalities": [m.to_dict() for m in self.modalities],
                 "mlp_ratio": self.mlp_ratio, "ltae_chunk_pixels": self.ltae_chunk_pixels,
+                "ltae_skip_masked": self.ltae_skip_masked,
                 "grad_checkpointing": self.grad_checkpointing,
                 "official_aerial_order": self.official_aerial_order,
                 "official_irpe": self.official_irpe}  # fmt: skip

@@ -88,7 +88,8 @@ class AnySat(nn.Module):
         self.projectors = nn.ModuleDict()
         for mod in config.modalities:
             if mod.temporal:
-                self.projectors[mod.key] = TemporalProjector(mod, d, chunk_pixels=config.ltae_chunk_pixels)
+                self.projectors[mod.key] = TemporalProjector(mod, d, chunk_pixels=config.ltae_chunk_pixels,
+                                                             skip_masked=config.ltae_skip_masked)  # fmt: skip
             else:
                 self.projectors[mod.key] = VHRProjector(mod, d, official_order=config.official_aerial_order)
         self.spatial_encoder = SpatialEncoder(d, depth, heads, mlp_ratio=config.mlp_ratio,

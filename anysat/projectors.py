@@ -59,11 +59,12 @@ class VHRProjector(nn.Module):
 class TemporalProjector(nn.Module):
     """Time-series projector: per-pixel L-TAE (`patch_embed`) then grouping by patch."""
 
-    def __init__(self, modality: Modality, embed_dim: int, *, chunk_pixels: int = 512) -> None:
+    def __init__(self, modality: Modality, embed_dim: int, *, chunk_pixels: int = 512,
+                 skip_masked: bool = True) -> None:  # fmt: skip
         super().__init__()
         self.modality = modality
         self.patch_embed = LTAE(modality.channels, embed_dim, period=modality.doy_period, in_norm=modality.in_norm,
-                                chunk_pixels=chunk_pixels)  # fmt: skip
+                                chunk_pixels=chunk_pixels, skip_masked=skip_masked)  # fmt: skip
         # Kept for checkpoint compatibility: the official code fills masked inputs with it (fine-tuning only).
         self.pad_parameter = nn.Parameter(torch.tensor(0.0), requires_grad=False)
 
