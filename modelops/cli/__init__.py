@@ -1,0 +1,1 @@
+"""Command entry points of the installed CLI: one module per command, each `main(argv) -> int`."""
