@@ -63,7 +63,7 @@ class EvalConfig:
     test_fraction: float = 0.3
     seed: int = 0
     cs: tuple[float, ...] = DEFAULT_CS
-    cv_folds: int = 5
+    cv_folds: int = 3
     tracking_uri: str = ""
     experiment: str = "anysat-evaluate"
     storage_options: Mapping[str, Any] = field(default_factory=dict)

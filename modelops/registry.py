@@ -45,6 +45,9 @@ def register_encoder(encoder_dir: str | Path, *, name: str, tracking_uri: str, r
     if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src} must hold model.safetensors and config.json (written by AnySat.save)")
     mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # the run's own experiment: a process that set another one (e.g. an evaluation) could not resume the run
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with tempfile.TemporaryDirectory(prefix="anysat-register-") as tmp, mlflow.start_run(run_id=run_id):
         staged = Path(tmp) / "encoder"  # the artifact keeps this name: <model>/artifacts/encoder/
         staged.mkdir()
@@ -54,7 +57,6 @@ def register_encoder(encoder_dir: str | Path, *, name: str, tracking_uri: str, r
                                        artifacts={"encoder": str(staged)}, code_paths=[str(_PACKAGE)],
                                        pip_requirements=_REQUIREMENTS, registered_model_name=name)  # fmt: skip
     version = int(info.registered_model_version)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.set_registered_model_alias(name, alias, str(version))
     return version
 

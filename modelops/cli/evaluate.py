@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-fraction", type=float, default=0.3, help="share of the blocks held out")
     parser.add_argument("--seed", type=int, default=0, help="chooses the test blocks and the random-init weights")
     parser.add_argument("--cs", type=float, nargs="+", default=None,
-                        help="inverse regularisation strengths tried by the linear probe (default 0.001 … 10)")
-    parser.add_argument("--cv-folds", type=int, default=5, help="grouped folds choosing C and k")
+                        help="inverse regularisation strengths tried by the linear probe (default: the probe's)")
+    parser.add_argument("--cv-folds", type=int, default=3, help="grouped folds choosing C and k")
     parser.add_argument("--tracking-uri", default="", help="MLflow server (default: MLFLOW_TRACKING_URI)")
     parser.add_argument("--experiment", default="anysat-evaluate")
     args = parser.parse_args(argv)
