@@ -81,3 +81,17 @@ def test_dense_zarr_has_crs_and_xy_and_bad_arguments_exit_2(landcover_store: Pat
     err = capsys.readouterr().err
     assert "--out must end in .parquet or .zarr" in err and "store groups are ['l7']" in err
     assert "Traceback" not in err
+
+
+def test_store_groups_map_to_model_keys_for_any_subset_of_modalities() -> None:
+    from modelops.embeddings import store_mapping
+    from pipeline.errors import StoreError
+
+    keys = ["s2", "s1-asc", "l7"]
+    assert store_mapping(["s2"], keys) == {"s2": "s2"}  # an s2-only store (once forced to add s1)
+    assert store_mapping(["s1", "s2"], keys) == {"s1": "s1-asc", "s2": "s2"}
+    assert store_mapping(["s1"], keys, {"s1": "s1-asc"}) == {"s1": "s1-asc"}
+    with pytest.raises(StoreError, match="no modality for store group 'aerial'"):
+        store_mapping(["aerial"], keys)
+    with pytest.raises(StoreError, match="--map"):
+        store_mapping(["s2"], keys, {"s1": "s1-asc"})
