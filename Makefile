@@ -24,6 +24,8 @@ test: venv
 # each `make demo` trains a new run (a run name is never reused without --resume)
 DEMO_RUN ?= pretrain-demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN := $(DEMO_RUN)
+# extra options of the demo's evaluation (e.g. --cs 0.1 1 for a shorter probe)
+DEMO_EVAL_ARGS ?=
 demo: venv
 	$(VPY) -m infra.local up
 	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
@@ -31,10 +33,20 @@ demo: venv
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "The store, every shard as one lazy xarray DataTree: $(VPY) -c \"import pipeline; print(pipeline.open_store('$(CURDIR)/out/demo-dataset'))\""
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+		python jobs/ingest.py --config configs/ingest-landcover.yaml --set store=$(CURDIR)/out/landcover-dataset
+	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/pretrain.py --config configs/pretrain-demo.yaml --set data.datasets.0.url=$(CURDIR)/out/demo-dataset \
 		--set run.storage=$(CURDIR)/out/runs --set run.name=$(DEMO_RUN)
+	@echo "Evaluating the candidate on the labelled land-cover store (probes: raw pixels, random init, pretrained)"
+	set -a && . .stack/env && set +a && $(VPY) jobs/evaluate.py --model models:/anysat-demo@candidate \
+		--store $(CURDIR)/out/landcover-dataset $(DEMO_EVAL_ARGS)
+	@# promote only if the candidate scores at least the champion (exit 3 = refused by the gate: the demo goes on)
+	set -a && . .stack/env && set +a && $(VPY) jobs/promote.py --name anysat-demo || test $$? -eq 3
 	set -a && . .stack/env && set +a && $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
-		--store $(CURDIR)/out/demo-dataset
+		--store $(CURDIR)/out/landcover-dataset --out $(CURDIR)/out/landcover-embeddings.parquet
+	set -a && . .stack/env && set +a && $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
+		--store $(CURDIR)/out/demo-dataset --out $(CURDIR)/out/demo-embeddings.zarr --patch-size 40
+	@echo "Embeddings: $(CURDIR)/out/landcover-embeddings.parquet (geopandas.read_parquet), $(CURDIR)/out/demo-embeddings.zarr"
 	@echo "Checkpoints: $(CURDIR)/out/runs/$(DEMO_RUN); runs and the registered model anysat-demo: the MLflow UI in .stack/env"
 	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
 

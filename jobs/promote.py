@@ -1,43 +1,10 @@
-"""Move a registered model's `champion` alias: `python jobs/promote.py --name anysat-demo [--version N]`.
-
-Without `--version` the version the `candidate` alias points at is promoted. Talks to MLFLOW_TRACKING_URI.
-Exits 1 when the model, alias or version does not exist.
-"""
+"""`python jobs/promote.py …`: the `promote` command (its options: modelops/cli/promote.py or `--help`); runs under `ray job submit` too."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 
-from mlflow.exceptions import MlflowException
-
-from modelops.registry import promote
-from modelops.tracking import mlflow_problem
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, help="registered model name")
-    parser.add_argument("--version", type=int, default=None, help="version to promote (default: the candidate)")
-    parser.add_argument("--alias", default="champion", help="alias to move")
-    parser.add_argument("--from-alias", default="candidate", help="alias whose version is promoted by default")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""), help="MLflow server")
-    args = parser.parse_args(argv)
-    problem = mlflow_problem(args.tracking_uri)  # bounded: fails in seconds on a dead server
-    if problem:
-        print(f"promotion failed: {problem}", file=sys.stderr)
-        return 2
-    try:
-        version = promote(args.name, tracking_uri=args.tracking_uri, version=args.version, alias=args.alias,
-                          source_alias=args.from_alias)  # fmt: skip
-    except MlflowException as err:
-        print(f"promotion failed: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps({"name": args.name, "alias": args.alias, "version": version}))
-    return 0
-
+from modelops.cli.promote import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,12 +43,12 @@ def stack_env(local_stack: LocalStack) -> dict[str, str]:
     return local_stack.env()
 
 
-LANDCOVER_AREA = "bbox=[-78.7687079,35.745,-78.6914381,35.8061192]"  # the scene's northern half
+LANDCOVER_AREA = "bbox=[-78.7687079,35.772,-78.6914381,35.8061192]"  # the northern third of the scene
 
 
 @pytest.fixture(scope="session")
 def landcover_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A labelled store: configs/ingest-landcover.yaml over the northern half of the Landsat 7 scene, ingested in
+    """A labelled store: configs/ingest-landcover.yaml over the northern third of the Landsat 7 scene, ingested in
     this process from a `rustac serve` of the two collections it needs (the image and its land-cover labels)."""
     import subprocess
     import sys

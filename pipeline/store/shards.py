@@ -31,7 +31,8 @@ from pipeline.errors import StoreError
 from pipeline.store.records import Chip
 from pipeline.store.shard_writer import build_shard, encode_shard
 
-__all__ = ["ShardInfo", "StoreLayout", "is_committed", "open_shard", "read_index", "rebuild_index", "write_shard"]
+__all__ = ["ShardInfo", "StoreLayout", "is_committed", "manifest_versions", "open_shard", "read_index", "rebuild_index",
+           "write_shard"]
 
 log = logging.getLogger(__name__)
 MARKER = "_COMMITTED"
@@ -174,3 +175,13 @@ def open_shard(url: str, modality: str, *, storage_options: Mapping[str, Any] | 
         raise StoreError(f"{url} is not a committed shard (no {MARKER} marker); it may be incomplete")
     return xr.open_zarr(url, group=modality, zarr_format=3, consolidated=False,
                         storage_options=dict(storage_options or {}) or None)  # fmt: skip
+
+
+def manifest_versions(layout: StoreLayout) -> list[str]:
+    """The manifest versions (dataset versions) the store's committed shards were written from, sorted."""
+    fs, root = layout.fs()
+    versions = set()
+    for marker in fs.glob(f"{root}/shards/*.zarr/{MARKER}"):
+        with fs.open(marker, "r") as f:
+            versions.add(str(json.loads(f.read()).get("dataset", {}).get("manifest", "")))
+    return sorted(v for v in versions if v)

@@ -97,7 +97,8 @@ def _embed_in_process(checkpoint: Path, store: Path) -> list[float]:
     batch = next(iter_batches(LoaderConfig((src,), batch_size=1, patch_sizes_m=(40,), shuffle_buffer=0)))
     with torch.no_grad():
         x = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        return [round(float(v), 6) for v in model(x, patch_size=batch["patch_size"], output="tile")[0]]
+        tile = model(x, patch_size=batch["patch_size"], output="patch")[0].mean(dim=(0, 1))  # mean of patch tokens
+        return [round(float(v), 6) for v in tile]
 
 
 def test_tracking_registry_round_trip_and_promotion(demo_store: Path, tmp_path: Path,
@@ -122,12 +123,15 @@ def test_tracking_registry_round_trip_and_promotion(demo_store: Path, tmp_path: 
     assert {"loss_curve.png", "config.json", "datasets"} <= top
     assert client.get_model_version_by_alias(name, "candidate").version == "1"
     # a fresh process pulls @candidate from the registry and embeds the chip the trained model embeds here
-    pulled = json.loads(_job("embed.py", ["--model", f"models:/{name}@candidate", "--store", str(demo_store)],
-                             env).stdout.strip().splitlines()[-1])  # fmt: skip
+    pulled = json.loads(_job("embed.py", ["--model", f"models:/{name}@candidate", "--store", str(demo_store),
+                                          "--patch-size", "40"], env).stdout.strip().splitlines()[-1])  # fmt: skip
     assert pulled["embedding"] == _embed_in_process(Path(summary["checkpoint"]), demo_store)
-    # promotion: @champion follows @candidate by default, and an explicit missing version fails clearly
-    promoted = json.loads(_job("promote.py", ["--name", name], env).stdout)
-    assert promoted == {"name": name, "alias": "champion", "version": 1}
+    # promotion: @champion follows @candidate by default (forced: it was never evaluated; the gate itself is
+    # tested in tests/modelops/test_evaluate_promote.py), and an explicit missing version fails clearly
+    refused = _job("promote.py", ["--name", name], env, ok=False)
+    assert refused.returncode == 3 and "no recorded eval.balanced_accuracy" in refused.stderr
+    promoted = json.loads(_job("promote.py", ["--name", name, "--force"], env).stdout)
+    assert (promoted["name"], promoted["alias"], promoted["version"], promoted["forced"]) == (name, "champion", 1, True)
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     bad = _job("promote.py", ["--name", name, "--version", "9"], env, ok=False)
     assert bad.returncode == 1 and "not found" in bad.stderr
