@@ -132,7 +132,8 @@ def main() -> None:
         stack.down()
         shutil.rmtree(work, ignore_errors=True)
     ratio = round(rows["s3 (loopback)"]["samples_per_s"] / rows["local disk"]["samples_per_s"], 2)
-    cold = round(rows["s3 (loopback)"]["runs"][0] / rows["local disk"]["runs"][0], 2)
+    pairs = [round(a / b, 2) for a, b in zip(rows["s3 (loopback)"]["runs"], rows["local disk"]["runs"], strict=True)]
+    cold = pairs[0]
     cols = ("samples_per_s", "meta_ms", "fetch_ms", "fetch_mb", "fetch_mb_per_s", "decode_ms", "read_arrays_ms")
     print(f"{'store':<14} " + " ".join(f"{c:>15}" for c in cols))
     for name, r in rows.items():
@@ -141,10 +142,11 @@ def main() -> None:
     print(f"S3 server during the loader's last S3 run: {s3['server_gets']} GETs ({s3['gets_per_shard']} per shard), "
           f"{s3['server_cpu_ms_per_get']} ms CPU per GET, busy {s3['server_cpu_share']:.0%} of the run")
     print(f"s3 / local samples/s: {ratio} (best runs); {cold} in the first run (a fresh process: every shard's "
-          "metadata and small arrays fetched in its first epoch)")  # fmt: skip
+          "metadata and small arrays fetched in its first epoch); each repeat's pair: {pairs}")  # fmt: skip
     print(json.dumps({"bench": "loader_s3", "machine": platform.machine(), "cpus": os.cpu_count(),
                       "python": platform.python_version(), "chips_per_shard": args.chips_per_shard,
-                      "rows": rows, "s3_over_local": ratio, "s3_over_local_first_run": cold}))  # fmt: skip
+                      "rows": rows, "s3_over_local": ratio, "s3_over_local_first_run": cold,
+                      "s3_over_local_pairs": pairs}))  # fmt: skip
 
 
 if __name__ == "__main__":
