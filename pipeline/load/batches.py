@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import StoreError
-from pipeline.store.shard_reader import read_arrays
+from pipeline.store.packing import is_packed
+from pipeline.store.shard_reader import array_metadata, read_arrays
 
 __all__ = ["BandNorm", "Sample", "ShardArrays", "collate", "read_norms", "read_shard_arrays", "read_shard_samples",
            "read_stats_json", "shard_extent_m"]
@@ -52,7 +53,8 @@ def read_stats_json(url: str, *, storage_options: Mapping[str, Any] | None = Non
 
 
 def _read(url: str, paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
-    return read_arrays(url, paths, storage_options=storage_options)
+    """The loader reads committed shards only (from the index): metadata and small arrays are kept for reuse."""
+    return read_arrays(url, paths, storage_options=storage_options, keep=True)
 
 
 def read_norms(stats: Mapping[str, Any], bands: Mapping[str, Sequence[str]]) -> dict[str, BandNorm]:
@@ -122,12 +124,18 @@ def read_shard_arrays(url: str, norms: Mapping[str, BandNorm], *,
                       storage_options: Mapping[str, Any] | None = None) -> ShardArrays:  # fmt: skip
     """Read a whole shard once (one batched fetch of its arrays) and normalise it in place, in float32.
 
+    A group whose `data` is packed uint16 (`pipeline.store.packing`) needs no `valid` array: its pixels that
+    are not valid are exactly those stored as the fill value (NaN once unpacked), so one large object per group
+    is fetched instead of two.
+
     Raises:
         StoreError: A group or array is missing, or its bands differ from the statistics' bands.
     """
-    names = ("band", "data", "valid", "date_mask", "doy")
+    packed = {g for g in norms if is_packed(array_metadata(url, f"{g}/data", storage_options=storage_options,
+                                                           keep=True).get("attributes", {}))}  # fmt: skip
+    names = {g: ("band", "data", "date_mask", "doy") + (() if g in packed else ("valid",)) for g in norms}
     first = next(iter(norms))
-    arrays = _read(url, [f"{first}/chip"] + [f"{g}/{n}" for g in norms for n in names], storage_options)
+    arrays = _read(url, [f"{first}/chip"] + [f"{g}/{n}" for g in norms for n in names[g]], storage_options)
     groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for group, norm in norms.items():
         bands = tuple(str(b) for b in arrays[f"{group}/band"])
@@ -139,8 +147,10 @@ def read_shard_arrays(url: str, norms: Mapping[str, BandNorm], *,
         date_mask = arrays[f"{group}/date_mask"].astype(bool, copy=False)  # [N, T]
         np.subtract(x, norm.mean[:, None, None], out=x)
         np.divide(x, norm.std[:, None, None], out=x)
-        ok = arrays[f"{group}/valid"].astype(bool, copy=False) & date_mask[:, :, None, None]  # [N, T, H, W]
-        ok &= np.isfinite(x).all(axis=2)
+        ok = np.isfinite(x).all(axis=2)  # [N, T, H, W]; packed data: False exactly where not valid (the fill)
+        ok &= date_mask[:, :, None, None]
+        if group not in packed:  # float32 data: `valid` is stored beside it
+            ok &= arrays[f"{group}/valid"].astype(bool, copy=False)
         np.copyto(x, np.float32(0), where=~ok[:, :, None])
         groups[group] = (x, ok, date_mask, arrays[f"{group}/doy"])
     return ShardArrays(tuple(str(c) for c in arrays[f"{first}/chip"]), groups)

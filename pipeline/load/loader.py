@@ -7,8 +7,8 @@ most two boundary ones, and every chip goes to exactly one rank), and each rank'
 shuffle. All of this is computed on chip positions before any pixel is read, so `skip_batches` jumps to a
 position without reading the skipped shards, and the result is identical to an uninterrupted run. Positions
 cover current chips only: chips listed in `<store>/state/superseded.parquet` (older versions kept in their shards
-by incremental ingestion) are never delivered. Shards needed by the next few batches are read in background
-threads while the current batch is collated.
+by incremental ingestion) are never delivered. Shards needed by the next few batches (`read_ahead`) are read in
+background threads (`read_threads`, more on object stores) while the current batch is collated.
 
 Datasets are mixed by weight with exact shares per epoch: the epoch is the shortest sequence of batches in
 which every dataset gets its weight's share and at least one full pass; a dataset whose share exceeds its size
@@ -23,14 +23,14 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline.load.batches import (BandNorm, Sample, ShardArrays, collate, read_norms, read_shard_arrays, read_stats_json,
-                              shard_extent_m)
+from pipeline.load.batches import BandNorm, collate, read_norms, read_stats_json, shard_extent_m
+from pipeline.load.shard_cache import ShardCache
 from pipeline.errors import ConfigError, PipelineError, StoreError
 from pipeline.store.superseded import read_superseded
 from pipeline.store.shards import StoreLayout, read_index
@@ -39,9 +39,7 @@ __all__ = ["DatasetSource", "LoaderConfig", "ResolvedDataset", "iter_batches", "
            "resolve_dataset"]
 
 log = logging.getLogger(__name__)
-_LOOKAHEAD_BATCHES = 4  # batches whose shards are read ahead, in background threads
-_READ_THREADS = 2
-
+_AUTO = {False: (4, 2), True: (16, 8)}  # (batches read ahead, read threads): local, object store
 
 @dataclass(frozen=True)
 class DatasetSource:
@@ -81,6 +79,9 @@ class LoaderConfig:
         max_dates: Model key -> cap on T (a random sorted subset of the real dates).
         images: Model keys delivered without the time axis ([B, C, H, W], first real date).
         drop_last: Drop each pass's last incomplete batch (keeps DDP ranks in step).
+        read_ahead: Batches laid out ahead whose shards are read in the background (0: 4 on local disk, 16 when
+            a dataset is on an object store, where several shard reads in flight hide each request's latency).
+        read_threads: Threads reading shards (0: 2 on local disk, 8 on an object store).
     """
 
     datasets: tuple[DatasetSource, ...]
@@ -91,6 +92,14 @@ class LoaderConfig:
     max_dates: Mapping[str, int] = field(default_factory=dict)
     images: tuple[str, ...] = ()
     drop_last: bool = True
+    read_ahead: int = 0
+    read_threads: int = 0
+
+    def reading(self) -> tuple[int, int]:
+        """(batches read ahead, read threads): as set, or the defaults for where the datasets are."""
+        remote = any("://" in d.url and not d.url.startswith("file://") for d in self.datasets)
+        ahead, threads = _AUTO[remote]
+        return self.read_ahead or ahead, self.read_threads or threads
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -98,6 +107,9 @@ class LoaderConfig:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"dataset names must be unique, got {names}; set DatasetSource.name")
+        if self.read_ahead < 0 or self.read_threads < 0:
+            raise ConfigError(f"read_ahead and read_threads must be >= 0 (0 = automatic), got {self.read_ahead}, "
+                                f"{self.read_threads}")  # fmt: skip
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.patch_sizes_m or min(self.patch_sizes_m) <= 0:
@@ -233,50 +245,6 @@ def _dataset_batches(ds: ResolvedDataset, config: LoaderConfig, *, epoch: int, r
         pass_no += 1
 
 
-class _ShardCache:
-    """Shards of one dataset read whole, kept until each of their rows in this rank's pass has been used.
-
-    Reads go to a background thread pool as soon as a batch in the look-ahead window needs the shard (zstd
-    decompression and file I/O release the GIL, so they overlap with the consumer's work).
-    """
-
-    def __init__(self, ds: ResolvedDataset, storage_options: Mapping[str, Any] | None,
-                 pool: ThreadPoolExecutor) -> None:  # fmt: skip
-        self.ds, self.options, self.pool = ds, storage_options, pool
-        self.pending: dict[tuple[int, int], list[int]] = {}  # (pass, shard) -> rows still to use
-        self.reads: dict[tuple[int, int], Future[ShardArrays]] = {}
-
-    def start_pass(self, pass_no: int, order: list[tuple[int, int]]) -> None:
-        for shard, row in order:
-            self.pending.setdefault((pass_no, shard), []).append(row)
-
-    def want(self, pass_no: int, shard: int) -> None:
-        """Start reading a shard (once per pass) that a coming batch needs."""
-        key = (pass_no, shard)
-        if key not in self.reads:
-            norms = {g: self.ds.norms[g] for g in self.ds.keys}
-            self.reads[key] = self.pool.submit(read_shard_arrays, self.ds.shard_urls[shard], norms,
-                                               storage_options=self.options)  # fmt: skip
-
-    def take(self, pass_no: int, shard: int, row: int, *, load: bool) -> Sample | None:
-        key = (pass_no, shard)
-        if load:
-            self.want(pass_no, shard)
-        self.pending[key].remove(row)
-        sample = None
-        if key in self.reads:
-            arrays = self.reads[key].result()
-            if arrays.chip_ids != self.ds.shard_chips[shard]:
-                raise StoreError(f"shard {self.ds.shard_urls[shard]} holds chips {list(arrays.chip_ids)[:3]}…, its "
-                                 f"index row lists {list(self.ds.shard_chips[shard])[:3]}…; rebuild the shard index "
-                                 "(pipeline.store.shards.rebuild_index)")  # fmt: skip
-            sample = arrays.samples((row,))[row]
-        if not self.pending[key]:
-            del self.pending[key]
-            self.reads.pop(key, None)
-        return sample
-
-
 def iter_batches(config: LoaderConfig, *, storage_options: Mapping[str, Any] | None = None, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, skip_batches: int = 0) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Batches of one epoch for one rank, in a plain process (see the module docstring and docs/TRAINING.md).
@@ -312,8 +280,9 @@ def iter_batches(config: LoaderConfig, *, storage_options: Mapping[str, Any] | N
     patch_choice = [int(draws.integers(len(datasets[d].patch_sizes_m))) for d in plan]
     streams = [_dataset_batches(d, config, epoch=epoch, rank=rank, world_size=world_size) for d in datasets]
     passes_started = [-1] * len(datasets)
-    pool = ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="shard-read")
-    caches = [_ShardCache(d, storage_options, pool) for d in datasets]
+    read_ahead, read_threads = config.reading()
+    pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="shard-read")
+    caches = [ShardCache(d, storage_options, pool) for d in datasets]
 
     def laid_out() -> Iterator[tuple[int, int, int, list[tuple[int, int]]]]:
         """(step, dataset, pass, positions) of every batch, computed on positions only (no pixel read)."""
@@ -328,7 +297,7 @@ def iter_batches(config: LoaderConfig, *, storage_options: Mapping[str, Any] | N
 
     def look_ahead() -> None:
         """Keep the next few batches laid out and their shards being read."""
-        while len(ahead) <= _LOOKAHEAD_BATCHES and (nxt := next(steps, None)) is not None:
+        while len(ahead) <= read_ahead and (nxt := next(steps, None)) is not None:
             ahead.append(nxt)
             if nxt[0] >= skip_batches:
                 for shard, _ in nxt[3]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +32,7 @@ from numcodecs import Blosc, VLenUTF8, Zstd
 from pipeline.errors import StoreError
 from pipeline.store.packing import is_packed, unpack
 
-__all__ = ["read_arrays", "zarr_store"]
+__all__ = ["array_metadata", "read_arrays", "zarr_store"]
 
 _EMPTY = 2**64 - 1  # offset and length of an absent inner chunk in a shard index
 _ZSTD = Zstd()
@@ -144,12 +146,60 @@ class _Plan:
         return out if full == self.shape else out[tuple(slice(0, s) for s in self.shape)].copy()
 
 
+class _Kept:
+    """A bounded, thread-safe LRU of immutable shards' metadata (bytes) and small arrays (read-only)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes, self.lock = max_bytes, 0, threading.Lock()
+        self.items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, key: str) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: str, value: bytes | np.ndarray) -> None:
+        if isinstance(value, np.ndarray):
+            value = value.copy() if value.flags.writeable else value
+            value.flags.writeable = False
+        size = len(value) if isinstance(value, bytes) else value.nbytes
+        with self.lock:
+            if key in self.items:
+                return
+            self.items[key], self.bytes = value, self.bytes + size
+            while self.bytes > self.max_bytes and self.items:
+                _, old = self.items.popitem(last=False)
+                self.bytes -= len(old) if isinstance(old, bytes) else old.nbytes
+
+
+_SMALL = 64 * 1024  # arrays kept for later reads: per-chip ones (at most 2-D), never pixels of a shard
+_KEPT = _Kept(64 * 2**20)
+
+
 class _NotFast(Exception):
     """The array's layout is not one the fast path decodes; read it with zarr."""
 
 
+def array_metadata(url: str, path: str, *, storage_options: Mapping[str, Any] | None = None,
+                   keep: bool = False) -> dict[str, Any]:  # fmt: skip
+    """An array's `zarr.json` as a dict (kept and reused for a committed shard when `keep`, as in `read_arrays`)."""
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    key = f"{fs.protocol}:{root.rstrip('/')}/{path}#meta"
+    meta = _KEPT.get(key) if keep else None
+    if meta is None:
+        try:
+            meta = fs.cat_file(f"{root.rstrip('/')}/{path}/zarr.json")
+        except FileNotFoundError as err:
+            raise _missing(url, path) from err
+        if keep:
+            _KEPT.put(key, meta)
+    return dict(json.loads(meta))
+
+
 def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str, Any] | None = None,
-                decode: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+                decode: bool = True, keep: bool = False) -> dict[str, np.ndarray]:  # fmt: skip
     """Read whole arrays of one Zarr v3 store (a shard), e.g. `["s2/data", "s2/valid"]`, as numpy arrays.
 
     Args:
@@ -158,6 +208,10 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
         storage_options: fsspec options (e.g. the S3 endpoint).
         decode: Unpack arrays stored as integers with CF `scale_factor`/`add_offset` into float32
             (`pipeline.store.packing.unpack`: bit-identical to the values before packing, NaN at the fill value).
+        keep: The shard is committed, hence immutable (its id is a hash of its inputs, and a committed shard is
+            never rewritten): keep its metadata and small arrays (≤ 2-D, ≤ 64 KiB: chip ids, bands, dates) in this
+            process and reuse them, so that later reads of it (the next epochs) fetch only the large chunks.
+            Kept arrays are read-only.
 
     Returns:
         Path -> the whole array (strings as an object array), equal to `zarr.open_array(...)[...]` (then unpacked).
@@ -167,12 +221,19 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
     """
     fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     root = root.rstrip("/")
-    metas = fs.cat([f"{root}/{p}/zarr.json" for p in paths], on_error="return")
+    where = f"{fs.protocol}:{root}"
+    kept = {p: v for p in paths if keep and (v := _KEPT.get(f"{where}/{p}#array")) is not None}
+    wanted = [p for p in paths if p not in kept]
+    known = {p: m for p in wanted if keep and (m := _KEPT.get(f"{where}/{p}#meta")) is not None}
+    missing = [f"{root}/{p}/zarr.json" for p in wanted if p not in known]
+    fetched = fs.cat(missing, on_error="return") if missing else {}
     plans: dict[str, _Plan | None] = {}
-    for p in paths:
-        meta = metas.get(f"{root}/{p}/zarr.json")
+    for p in wanted:
+        meta = known.get(p, fetched.get(f"{root}/{p}/zarr.json"))
         if not isinstance(meta, bytes):
             raise _missing(url, p)
+        if keep:
+            _KEPT.put(f"{where}/{p}#meta", meta)
         try:
             plans[p] = _Plan(json.loads(meta))
         except (_NotFast, KeyError, TypeError, ValueError):
@@ -194,6 +255,8 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
                 raise StoreError(f"shard {url}: array {p!r} cannot be decoded ({err}); re-run the ingestion of this "
                                  "shard") from err  # fmt: skip
             out[p] = unpack(values, plan.attrs) if decode and is_packed(plan.attrs) else values
+            if keep and out[p].ndim <= 2 and out[p].nbytes <= _SMALL:
+                _KEPT.put(f"{where}/{p}#array", out[p])
             continue
         store = store or zarr_store(url, storage_options)
         try:
@@ -202,4 +265,4 @@ def read_arrays(url: str, paths: Sequence[str], *, storage_options: Mapping[str,
         except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as err:
             raise _missing(url, p) from err
         out[p] = unpack(values, attrs) if decode and is_packed(attrs) else values
-    return out
+    return out | kept

@@ -206,7 +206,7 @@ def test_direct_shard_reads_equal_zarr_on_every_array_and_fall_back_to_zarr(stor
     from pipeline.store.shard_reader import read_arrays
 
     def check(url: str, paths: list[str], options: dict[str, Any] | None = None) -> None:
-        got = read_arrays(url, paths, storage_options=options)
+        got = read_arrays(url, paths, storage_options=options, decode=False)  # the stored values, as zarr reads them
         store = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=True) if options else url
         for p in paths:
             want = np.asarray(zarr.open_array(store, path=p, mode="r", zarr_format=3)[...])
