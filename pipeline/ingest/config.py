@@ -103,7 +103,8 @@ class IngestConfig:
         sensors: The sensors to ingest.
         grid: Chip size, CRS (default: the area's UTM zone), alignment, required coverage.
         store: Dataset root: a local path or `s3://bucket/prefix`.
-        chips_per_shard: Chips per Zarr shard (one Ray task per shard).
+        chips_per_shard: Chips per Zarr shard (one Ray task per shard); 64 by default, the size that fits object
+            stores for single-date 64 px chips (docs/INGESTION.md, "Shard size").
         concurrency: Shards written at once.
         max_retries: Retries of a transient read failure (HTTP 5xx/429, timeout, dropped connection) inside a
             shard task, and retries of a failed shard task by Ray.
@@ -119,7 +120,7 @@ class IngestConfig:
     sensors: tuple[SensorSource, ...]
     grid: ChipGrid
     store: str = "out/dataset"
-    chips_per_shard: int = 16
+    chips_per_shard: int = 64
     concurrency: int = 2
     max_retries: int = 3
     retry_backoff_s: float = 0.5

@@ -1,9 +1,10 @@
-"""The ingestion run: search → frozen manifest → chip plan → one Ray Data task per shard → index and summary.
+"""The ingestion run: search → frozen manifest → chip plan → one Ray task per shard → index and summary.
 
 Shard ids are deterministic (hash of the manifest version and the shard's chip ids), committed shards are
 skipped, so re-running the same config after a crash finishes the rest and writes nothing twice. Every item or
 chip that cannot be used lands in `<store>/rejects.parquet` with its reason. Without Ray (`use_ray=False`) the
-same shard function runs in a plain loop.
+same shard function runs in a plain loop. With Ray, the shard tasks run on the job's pool of shard workers
+(`pipeline.ingest.ray_shards`), started before the search so that their start-up overlaps it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pipeline.ingest.labels import LABELS, assign_labels, search_labels, sensor_
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.ingest.quicklook import modality_panel, write_quicklook
 from pipeline.ingest.raster_reader import ChipReader
+from pipeline.ingest.ray_shards import run_shard_tasks, start_shard_workers
 from pipeline.store.records import Chip
 from pipeline.ingest.retry import RetryPolicy
 from pipeline.catalog.signing import PlanetaryComputerSigner, redact
@@ -171,7 +173,8 @@ def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[
 def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
                  shards: list[tuple[str, list[str]]], *, use_ray: bool = True,
                  pc_sas_url: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Write the planned shards (one Ray Data task each, or a plain loop) and return one result row per shard.
+    """Write the planned shards (one task each on the job's Ray shard workers, or a plain loop) and return one
+    result row per shard.
 
     Shared by the full run (`run_ingest`) and the incremental run (`pipeline.ingest.incremental`).
     """
@@ -190,14 +193,7 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
         progress.update(detail=f"{result['status']} ({result['chips']} chips)")
 
     if use_ray:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(logging_level=logging.WARNING)
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        for result in dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
-                                  max_retries=config.max_retries, num_cpus=0.5).iter_rows():  # fmt: skip
-            done(dict(result))
+        run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries, on_done=done)
     else:
         for row in rows:
             done(task(row))
@@ -219,6 +215,8 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         PipelineError: Nothing usable was found or produced.
     """
     start = time.perf_counter()
+    if use_ray:  # worker start-up overlaps the search and the planning below
+        start_shard_workers(config.concurrency, max_retries=config.max_retries)
     opts = dict(storage_options or {})
     layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
                          storage_options=opts)  # fmt: skip

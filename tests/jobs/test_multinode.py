@@ -225,7 +225,7 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
     assert len(mn.node_ids) == 2
     tasks = list_tasks(address=f"http://127.0.0.1:{mn.dashboard}", filters=[("state", "=", "FINISHED")],
                        limit=10_000, raise_on_missing_output=False)  # fmt: skip
-    shard_tasks = [t for t in tasks if "Map" in t.name]
+    shard_tasks = [t for t in tasks if t.name.endswith("_ShardWorker.write")]
     assert shard_tasks, sorted({t.name for t in tasks})
     assert {t.node_id for t in shard_tasks} == mn.node_ids, [(t.name, t.node_id[:8]) for t in shard_tasks]
     mn.store = store
