@@ -54,6 +54,8 @@ class SensorSpec:
         to_db: Convert linear backscatter to dB (10·log10); non-positive values become invalid.
         nodata: Raw value meaning "no data" (None: NaN only).
         cloud: Optional per-pixel quality mask.
+        required: A chip is unusable without this modality; an optional one (False) that has no usable item
+            is left out of the chip (with a `no_usable_item` reject), the chip is kept.
     """
 
     modality: str
@@ -66,6 +68,7 @@ class SensorSpec:
     to_db: bool = False
     nodata: float | None = 0
     cloud: CloudMask | None = None
+    required: bool = True
 
     def __post_init__(self) -> None:
         if len(self.assets) != len(self.bands) or not self.assets:
@@ -195,6 +198,10 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
                 continue
             good.append(mod)
         if not good:
+            if not spec.required:  # an optional modality: the chip is kept without it
+                rejects.append(Reject("no_usable_item", plan.chip_id, f"none of its {len(ids)} {modality} items is "
+                                      f"usable; {modality} is optional, the chip is kept without it"))  # fmt: skip
+                continue
             rejects.append(Reject("no_usable_item", plan.chip_id, f"none of its {len(ids)} {modality} items is usable"))
             return None, rejects
         modalities[modality] = _concat(good)

@@ -70,7 +70,7 @@ class SensorSource:
             else None  # fmt: skip
         return SensorSpec(self.modality, tuple(self.assets), tuple(self.assets.values()), self.res_m,
                           scale=self.scale, offset=self.offset, harmonize_s2=self.harmonize_s2, to_db=self.to_db,
-                          nodata=self.nodata, cloud=cloud)  # fmt: skip
+                          nodata=self.nodata, cloud=cloud, required=self.required)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import fsspec
 import pandas as pd
 import pystac
 
+from pipeline.atomic import write_bytes, write_json, write_parquet
 from pipeline.ingest.chips import load_chip
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
@@ -127,35 +128,38 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
 
 
 def write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
-    """Write `frame` as Parquet at `<store>/<name>`."""
+    """Write `frame` as Parquet at `<store>/<name>`, atomically."""
     fs, root = layout.fs()
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    with fs.open(f"{root}/{name}", "wb") as f:
-        f.write(buffer.getvalue())
+    write_parquet(fs, f"{root}/{name}", frame)
 
 
 def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[str], count: int) -> list[str]:
-    """Render the first `count` chips (first date of each modality) as PNGs under `<store>/quicklooks/`."""
+    """Render the first `count` chips (first date of each modality) as PNGs under `<store>/quicklooks/`.
+
+    A modality that no chip of a shard has (a `required: false` sensor) is simply not drawn for that shard.
+    """
     fs, root = layout.fs()
-    fs.makedirs(f"{root}/quicklooks", exist_ok=True)
     written: list[str] = []
     for url in index["url"]:
-        datasets = {m: open_shard(url, m, storage_options=layout.storage_options) for m in modalities}
-        for i, chip_id in enumerate(next(iter(datasets.values()))["chip"].values):
+        shard_fs, shard_root = fsspec.core.url_to_fs(url, **dict(layout.storage_options))
+        present = [m for m in modalities if shard_fs.exists(f"{shard_root.rstrip('/')}/{m}/zarr.json")]
+        datasets = {m: open_shard(url, m, storage_options=layout.storage_options) for m in present}
+        chip_ids = [str(c) for c in open_shard(url, "chips", storage_options=layout.storage_options)["chip"].values]
+        for i, chip_id in enumerate(chip_ids):
             if len(written) >= count:
                 return written
             panels = []
             for m, ds in datasets.items():
-                if chip_id not in ds["chip"].values or not bool(ds["date_mask"].values[i, 0]):
+                if not bool(ds["date_mask"].values[i, 0]):
                     continue
                 image = modality_panel(ds["data"].values[i, 0], ds["valid"].values[i, 0], list(ds["band"].values))
                 if image is not None:
                     panels.append((f"{m} {str(ds['dates'].values[i, 0])[:10]}", image))
             if panels:
                 target = f"{root}/quicklooks/{chip_id}.png"
-                with fs.open(target, "wb") as f:
-                    write_quicklook(f, panels, title=str(chip_id))
+                buffer = io.BytesIO()
+                write_quicklook(buffer, panels, title=str(chip_id))
+                write_bytes(fs, target, buffer.getvalue())
                 written.append(target)
     return written
 
