@@ -6,13 +6,20 @@ free loopback ports in a temporary state folder, and stopped at the end of the s
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from infra.local.samples import build_sample_catalogs
+from infra.local.services import free_port
 from infra.local.stack import LocalStack, StackConfig
 
 # Ray stays on loopback only when this is set for every Ray process, the test process included.
@@ -41,3 +48,49 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory, catalog_files: tuple[P
 def stack_env(local_stack: LocalStack) -> dict[str, str]:
     """Client variables of the session stack (what its env file exports)."""
     return local_stack.env()
+
+
+@contextmanager
+def _serve(folder: Path, collections: Mapping[str, tuple[Path, Sequence[dict]]]) -> Iterator[str]:
+    """`rustac serve` on 127.0.0.1 over collections (id -> (collection.json, item dicts)); yields its URL."""
+    files: list[str] = []
+    for name, (collection_json, rows) in collections.items():
+        sub = folder / name
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "collection.json").write_text(collection_json.read_text())
+        (sub / "items.ndjson").write_text("".join(json.dumps(dict(r) | {"links": []}) + "\n" for r in rows))
+        files += [str(sub / "collection.json"), str(sub / "items.ndjson")]
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "rustac"), "serve", "--addr", f"127.0.0.1:{port}",
+                               *files], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("rustac serve did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_stac() -> Callable[[Path, Mapping[str, tuple[Path, Sequence[dict]]]], AbstractContextManager[str]]:
+    """A context manager serving given collections and items with `rustac serve` (a test's own STAC API)."""
+    return _serve
+
+
+@pytest.fixture(scope="session")
+def sample_items(catalog_files: tuple[Path, ...]) -> Callable[[str], tuple[Path, list[dict]]]:
+    """collection id -> (its collection.json, its item dicts) in the session's sample catalogs."""
+
+    def get(collection: str) -> tuple[Path, list[dict]]:
+        items = next(p for p in catalog_files if p.parent.name == collection and p.suffix == ".ndjson")
+        return items.parent / "collection.json", [json.loads(x) for x in items.read_text().splitlines()]
+
+    return get

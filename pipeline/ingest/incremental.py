@@ -35,17 +35,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
-import pystac
 
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
+from pipeline.ingest.delta import KEY, changed_rows, items_of, parse_time, search_new, watermarks
 from pipeline.ingest.run import shard_plans, write_quicklooks, write_shards, write_table
 from pipeline.ingest.lease import Lease
-from pipeline.catalog.manifest import Manifest, freeze_manifest, manifest_rows, read_manifest
+from pipeline.catalog.manifest import freeze_manifest, read_manifest
 from pipeline.catalog.signing import redact
-from pipeline.catalog.search import StacQuery, search_items
 from pipeline.ingest.state import DatasetState, RunRecord, new_run_id, read_runs, read_state, record_run, write_state
 from pipeline.store.superseded import append_superseded, read_superseded
 from pipeline.store.stats import merge_stats, stats_from_json, stats_to_json
@@ -54,7 +53,6 @@ from pipeline.store.shards import StoreLayout, read_index, rebuild_index
 __all__ = ["IncrementalSummary", "cell_of", "default_owner", "run_incremental", "version_chips"]
 
 log = logging.getLogger(__name__)
-KEY = ["modality", "collection", "item_id"]
 
 
 @dataclass(frozen=True)
@@ -101,69 +99,6 @@ def version_chips(plans: list[ChipPlan], rows: pd.DataFrame) -> list[ChipPlan]:
 
 def _now(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), timezone.utc).isoformat(timespec="seconds")
-
-
-def _parse(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[dict[str, list[pystac.Item]], str]:
-    """Items acquired at or after the acquisition watermark, or updated at or after the updated watermark."""
-    begin, end = config.datetime.split("/")
-    acquired_from = state.acquired_until or begin
-    found: dict[str, list[pystac.Item]] = {}
-    for sensor in config.sensors:
-        url = sensor.stac_url or stac_url
-        if not url:
-            raise PipelineError(f"sensor {sensor.modality!r} has no stac_url and no default STAC API was given")
-        base = StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox, datetime=config.datetime,
-                         max_cloud_cover=sensor.max_cloud_cover, page_size=config.page_size)  # fmt: skip
-        items: dict[str, pystac.Item] = {}
-        end_dt, from_dt = _parse(end), _parse(acquired_from)
-        if end_dt is None or from_dt is None or from_dt <= end_dt:
-            for item in search_items(replace(base, datetime=f"{acquired_from}/{end}")):
-                items[item.id] = item
-        if state.updated_until:
-            for item in search_items(replace(base, updated_after=state.updated_until)):
-                items[item.id] = item
-        found[sensor.modality] = list(items.values())
-        log.info("%s: %d new or updated candidates from %s", sensor.modality, len(items), sensor.collection)
-    return found, acquired_from
-
-
-def _watermarks(rows: pd.DataFrame) -> tuple[str, str]:
-    acquired = [d for d in (_parse(t) for t in rows["datetime"]) if d is not None]
-    updated = [d for d in (_parse(json.loads(j).get("properties", {}).get("updated")) for j in rows["item_json"])
-               if d is not None]  # fmt: skip
-    iso = lambda ds: max(ds).astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ds else ""  # noqa: E731
-    return iso(acquired), iso(updated)
-
-
-def _delta(found: Mapping[str, list[pystac.Item]], previous: Manifest | None) -> tuple[pd.DataFrame, int, int]:
-    """Rows of the found items that are new or differ from the snapshot; counts of new and updated."""
-    rows = manifest_rows(found)
-    if previous is None or rows.empty:
-        return rows, len(rows), 0
-    old = previous.rows.set_index(KEY)["item_json"]
-    keys = list(zip(rows["modality"], rows["collection"], rows["item_id"], strict=True))
-    known = [k in old.index for k in keys]
-    same = [k in old.index and old[k] == j for k, j in zip(keys, rows["item_json"], strict=True)]
-    changed = rows[[not s for s in same]].reset_index(drop=True)
-    n_updated = sum(k and not s for k, s in zip(known, same, strict=True))
-    return changed, len(changed) - n_updated, n_updated
-
-
-def _items(rows: pd.DataFrame) -> dict[str, list[pystac.Item]]:
-    out: dict[str, list[pystac.Item]] = {}
-    for modality, item_json in zip(rows["modality"], rows["item_json"], strict=True):
-        out.setdefault(str(modality), []).append(pystac.Item.from_dict(json.loads(item_json)))
-    return out
 
 
 def _append_index(layout: StoreLayout, index: pd.DataFrame, shard_ids: list[str]) -> pd.DataFrame:
@@ -274,23 +209,26 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
          check: Callable[[], None]) -> tuple[IncrementalSummary, RunRecord]:  # fmt: skip
     state = read_state(config.store, storage_options=opts)
     previous = read_manifest(state.snapshot_manifest, storage_options=opts) if state.snapshot_manifest else None
-    found, acquired_from = _search(config, state, stac_url)
-    delta, n_new, n_updated = _delta(found, previous)
-    record = replace(record, acquired_after=acquired_from if state.acquired_until else "",
-                     acquired_before=config.datetime.split("/")[1], updated_after=state.updated_until,
-                     items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated)  # fmt: skip
+    found, windows = search_new(config, state, stac_url)
+    delta, n_new, n_updated = changed_rows(found, previous)
+    froms = [w[0] for w in windows.values()]
+    record = replace(record, acquired_after=min(froms) if all(froms) else "",
+                     acquired_before=config.datetime.split("/")[1],
+                     updated_after=min((w[1] for w in windows.values() if w[1]), default=""),
+                     items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated,
+                     extra={"windows": {m: {"acquired_after": a, "updated_after": u} for m, (a, u) in windows.items()}})  # fmt: skip
     if delta.empty and not recover:
         log.info("nothing new or updated since %s (updated since %s)", state.acquired_until, state.updated_until)
         record = replace(record, status="no_new_items", snapshot_version=previous.version if previous else "")
         return IncrementalSummary(record.run_id, record.status, snapshot_version=record.snapshot_version), record
     if previous is None and delta.empty:
         raise PipelineError("the search found no items; widen the area, the dates or the cloud-cover limit")
-    manifest = freeze_manifest(_items(delta), root=config.store, storage_options=opts) if not delta.empty else None
+    manifest = freeze_manifest(items_of(delta), root=config.store, storage_options=opts) if not delta.empty else None
     base = previous.rows if previous is not None else delta.iloc[0:0]
     keep = base[~base.set_index(KEY).index.isin(delta.set_index(KEY).index)] if not delta.empty else base
-    snapshot = freeze_manifest(_items(pd.concat([keep, delta], ignore_index=True)), root=config.store,
+    snapshot = freeze_manifest(items_of(pd.concat([keep, delta], ignore_index=True)), root=config.store,
                                storage_options=opts)  # fmt: skip
-    begin, end = (_parse(p) for p in config.datetime.split("/"))
+    begin, end = (parse_time(p) for p in config.datetime.split("/"))
     plans, rejects = plan_chips(snapshot, grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
@@ -320,9 +258,12 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     if config.quicklooks and written:
         write_quicklooks(layout, index[index["shard_id"].isin(written)].reset_index(drop=True),
                          [s.modality for s in config.sensors], config.quicklooks)  # fmt: skip
-    acquired_until, updated_until = _watermarks(snapshot.rows)
+    marks = watermarks(snapshot.rows)
     manifests = state.manifests + ((manifest.version,) if manifest else ())
-    write_state(config.store, DatasetState(acquired_until, updated_until, snapshot.url, manifests, record.run_id),
+    write_state(config.store, DatasetState(max((a for a, _ in marks.values()), default=""),
+                                           max((u for _, u in marks.values()), default=""), snapshot.url, manifests,
+                                           record.run_id,
+                                           {m: {"acquired_until": a, "updated_until": u} for m, (a, u) in marks.items()}),
                 storage_options=opts)  # fmt: skip
     counts: dict[str, int] = {}
     for r in rejects:
@@ -331,7 +272,7 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     record = replace(record, status="succeeded", chips_planned=len(plans), chips_written=chips_written,
                      chips_superseded=len(fresh), shards_written=sum(r["status"] == "written" for r in results),
                      manifest_version=manifest.version if manifest else "", snapshot_version=snapshot.version,
-                     extra={"rejects": counts})  # fmt: skip
+                     extra=dict(record.extra) | {"rejects": counts})  # fmt: skip
     summary = IncrementalSummary(record.run_id, record.status, n_new, n_updated, len(plans), chips_written,
                                  len(fresh), record.shards_written, record.manifest_version, snapshot.version,
                                  counts)  # fmt: skip

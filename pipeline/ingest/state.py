@@ -38,6 +38,9 @@ class DatasetState:
         snapshot_manifest: URL of the manifest of every item the dataset is currently built from.
         manifests: Versions of the manifests frozen by incremental runs (the new or updated items of each run).
         last_run_id: Id of the run that wrote this state.
+        sensors: Per modality, its own watermarks `{"acquired_until": …, "updated_until": …}` (each sensor's
+            searches start from its own, so a lagging sensor's late-published items are found);
+            `acquired_until`/`updated_until` above stay the maxima over every sensor.
     """
 
     acquired_until: str = ""
@@ -45,6 +48,7 @@ class DatasetState:
     snapshot_manifest: str = ""
     manifests: tuple[str, ...] = ()
     last_run_id: str = ""
+    sensors: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ def read_state(root: str, *, storage_options: Mapping[str, Any] | None = None) -
     with fs.open(f"{base}/state.json", "rb") as f:
         raw = json.loads(f.read())
     raw["manifests"] = tuple(raw.get("manifests", ()))
+    raw["sensors"] = {str(k): dict(v) for k, v in dict(raw.get("sensors") or {}).items()}
     return DatasetState(**{k: v for k, v in raw.items() if k in {f.name for f in fields(DatasetState)}})
 
 
