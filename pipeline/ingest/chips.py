@@ -20,6 +20,7 @@ import pystac
 
 from pipeline.errors import ChipError
 from pipeline.ingest.grid import ChipPlan, Reject
+from pipeline.ingest.raster_checks import MetadataMismatch, snap_bounds
 from pipeline.ingest.raster_reader import ChipReader
 from pipeline.store.records import Chip, ModalityArray
 from pipeline.ingest.retry import TransientReadError
@@ -95,11 +96,27 @@ def _baseline_offset(item: pystac.Item) -> float:
         raise ChipError(f"item {item.id} has an unreadable s2:processing_baseline {baseline!r}") from None
 
 
-def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
-             reader: ChipReader) -> tuple[ModalityArray, bool]:  # fmt: skip
+def _window(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan, reader: ChipReader) -> tuple[float, ...]:
+    """The chip's window for one sensor: its cell snapped onto the pixel grid of the sensor's first asset.
+
+    Output pixels then coincide with source pixels (Landsat grids sit at 30 k + 15 m, chip corners on multiples
+    of 30 m), so nothing is resampled and nothing is shifted; a raster in another CRS keeps the cell (and is
+    resampled, nearest, by the reprojecting path).
+    """
+    key = spec.assets[0].split(".")[0]
+    for item in items:  # the first item whose raster opens gives the grid of the whole series
+        origin = reader.pixel_origin(item, key, plan.epsg) if key in item.assets else None
+        if origin is not None:
+            return snap_bounds(plan.bounds, spec.res_m, origin)
+    return plan.bounds
+
+
+def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan, reader: ChipReader,
+             window: tuple[float, ...] | None = None) -> tuple[ModalityArray, bool]:  # fmt: skip
     """The prepared modality and whether any pixel had data before the cloud mask."""
     assets = list(spec.assets) + ([spec.cloud.asset] if spec.cloud else [])
-    values = np.stack([reader.read_item(item, assets, epsg=plan.epsg, bounds=plan.bounds, resolution=spec.res_m)
+    bounds = tuple(window or plan.bounds)
+    values = np.stack([reader.read_item(item, assets, epsg=plan.epsg, bounds=bounds, resolution=spec.res_m)  # type: ignore[arg-type]
                        for item in items])  # [T, C(+1), H, W]  # fmt: skip
     raw = values[:, : len(spec.assets)]  # [T, C, H, W]
     valid = np.ones((raw.shape[0], raw.shape[2], raw.shape[3]), dtype=bool)
@@ -127,13 +144,16 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
     if spec.scale is None and not spec.to_db and raw.dtype == np.uint8:
         data = raw  # keep 8-bit imagery as it is
     dates = np.array([np.datetime64(_when(i).replace(tzinfo=None), "s") for i in items], dtype="datetime64[s]")
-    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m), has_data
+    origin = None if bounds == tuple(plan.bounds) else (bounds[0], bounds[3])
+    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m, origin), has_data
 
 
 def _read_error_kind(err: ChipError) -> str:
     """Name the reason of a read failure from its type or GDAL's / the loader's message."""
     if isinstance(err, TransientReadError):
         return "transient_io"
+    if isinstance(err, MetadataMismatch):
+        return "metadata_mismatch"
     text = str(err).lower()
     if "has no asset" in text:
         return "missing_asset"
@@ -151,7 +171,7 @@ def _concat(mods: Sequence[ModalityArray]) -> ModalityArray:
         return mods[0]
     return ModalityArray(np.concatenate([m.data for m in mods]), np.concatenate([m.valid for m in mods]),
                          np.concatenate([m.dates for m in mods]), tuple(i for m in mods for i in m.item_ids),
-                         mods[0].bands, mods[0].res_m)  # fmt: skip
+                         mods[0].bands, mods[0].res_m, mods[0].origin)  # fmt: skip
 
 
 def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping[str, SensorSpec], *,
@@ -169,7 +189,8 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
 
     Returns:
         The chip (None when unusable) and the rejects, each with its reason: per item `missing_item`,
-        `missing_asset`, `href_not_found`, `corrupt_raster`, `bad_metadata`, `read_error`, `transient_io`
+        `missing_asset`, `href_not_found`, `corrupt_raster`, `bad_metadata`, `metadata_mismatch` (CRS, shape,
+        transform, bands, data type or media type disagreeing with the file), `read_error`, `transient_io`
         (transient failures outlasted the retries), `all_nodata`, `fully_cloudy`; per chip `no_usable_item`
         (a modality kept none of its items) or `no_modality`.
     """
@@ -186,9 +207,10 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
                     for i in ids if i not in items]  # fmt: skip
         chosen = sorted((items[i] for i in ids if i in items), key=lambda it: (_when(it), it.id))
         good = []
+        window = _window(spec, chosen, plan, reader)  # one grid for the whole series
         for item in chosen:
             try:
-                mod, has_data = _prepare(spec, [item], plan, reader)
+                mod, has_data = _prepare(spec, [item], plan, reader, window)
             except ChipError as err:
                 rejects.append(Reject(_read_error_kind(err), item.id, f"{modality}: {redact(str(err))}"))
                 continue

@@ -21,6 +21,8 @@ class ModalityArray:
         item_ids: T source item ids.
         bands: C band names.
         res_m: Pixel size in metres.
+        origin: (west, north) edge of this modality's window when it is not the chip's own corner: the window
+            snapped by less than half a pixel onto the sensor's pixel grid (Landsat's sits at 30 k + 15 m).
     """
 
     data: np.ndarray
@@ -29,6 +31,7 @@ class ModalityArray:
     item_ids: tuple[str, ...]
     bands: tuple[str, ...]
     res_m: float
+    origin: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4:

@@ -92,6 +92,12 @@ def _day_of_year(dates: np.ndarray) -> np.ndarray:
     return (days - days.astype("datetime64[Y]")).astype(np.int64) + 1
 
 
+def _origin(chip: Chip, key: str) -> tuple[float, float]:
+    """West and north edges of a chip's window of one modality (snapped to the sensor's grid, or the chip's)."""
+    mod = chip.modalities.get(key)
+    return mod.origin if mod is not None and mod.origin is not None else (chip.bounds[0], chip.bounds[3])
+
+
 def _modality(chips: Sequence[Chip], key: str, t_max: int) -> tuple[dict[str, Any], dict[str, ShardArray]]:
     present = [c.modalities[key] for c in chips if key in c.modalities]
     ref = present[0]
@@ -131,7 +137,7 @@ def _modality(chips: Sequence[Chip], key: str, t_max: int) -> tuple[dict[str, An
         "time": ShardArray(np.arange(t_max), ("time",)),
     }
     attrs = {"modality": key, "res_m": ref.res_m, "crs": f"EPSG:{chips[0].epsg}", "epsg": [c.epsg for c in chips],
-             "x_origin": [c.bounds[0] for c in chips], "y_origin": [c.bounds[3] for c in chips]}  # fmt: skip
+             "x_origin": [_origin(c, key)[0] for c in chips], "y_origin": [_origin(c, key)[1] for c in chips]}  # fmt: skip
     return attrs, arrays
 
 
