@@ -161,7 +161,8 @@ def _read_error_kind(err: ChipError) -> str:
         return "bad_metadata"
     if "no such file" in text or "404" in text or "does not exist" in text or "not found" in text:
         return "href_not_found"
-    if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text:
+    if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text \
+            or "ireadblock failed" in text or "tiffread" in text:  # fmt: skip (a truncated or damaged tile)
         return "corrupt_raster"
     return "read_error"
 

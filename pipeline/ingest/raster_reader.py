@@ -32,7 +32,7 @@ import pystac
 from pipeline.errors import ChipError
 from pipeline.ingest.raster_checks import check_asset, check_media_type
 from pipeline.ingest.raster_load import Bounds, load_items
-from pipeline.ingest.retry import RetryPolicy, call_with_retries
+from pipeline.ingest.retry import RetryPolicy, call_with_retries, describe_error
 
 __all__ = ["ChipReader"]
 
@@ -201,10 +201,9 @@ class ChipReader:
     def pixel_origin(self, item: pystac.Item, key: str, epsg: int) -> tuple[float, float] | None:
         """A corner of the asset's pixel grid when the asset is north-up in `epsg`, else None (or unreadable)."""
         try:
-            ds, ds_epsg = self._guarded(lambda: self._dataset(item.assets[key].href), item, [key],
-                                        [item.assets[key].href])  # fmt: skip
-        except ChipError:
-            return None  # the read itself will report why
+            ds, ds_epsg = self._dataset(item.assets[key].href)
+        except Exception:  # noqa: BLE001 - the read itself retries and reports why
+            return None
         t = ds.transform
         if ds_epsg != epsg or t.b != 0 or t.d != 0:
             return None
@@ -217,7 +216,7 @@ class ChipReader:
         except ChipError:
             raise
         except Exception as err:  # rasterio/GDAL raise many types; keep the cause, name the item
-            raise ChipError(f"reading {list(names)} of {[item.id]} failed: {err}") from err
+            raise ChipError(f"reading {list(names)} of {[item.id]} failed: {describe_error(err)}") from err
 
     def _dataset(self, href: str) -> tuple[Any, int | None]:
         import rasterio

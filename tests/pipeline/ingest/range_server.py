@@ -3,7 +3,7 @@
 Run as a script (a separate process: GDAL holds the GIL while it waits for HTTP answers, so a server thread
 inside the reading process would deadlock):
 
-    python range_server.py ROOT [PATH=N ...]
+    python range_server.py ROOT [--port=P] [PATH=N ...]
 
 It prints its port on the first line of stdout, then serves files under ROOT on 127.0.0.1. `PATH=N` answers 503
 to the first N requests of PATH (`N = -1`: always). `GET /_requests` returns the requests seen so far as JSON
@@ -85,9 +85,10 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0]).resolve()
-    failures = {p: int(n) for p, n in (a.rsplit("=", 1) for a in argv[1:])}
+    port = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--port=")), 0)
+    failures = {p: int(n) for p, n in (a.rsplit("=", 1) for a in argv[1:] if not a.startswith("--port="))}
     handler = type("Handler", (RangeHandler,), {"root": root, "failures": failures, "seen": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
