@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.ingest.chips import CloudMask, SensorSpec
 from pipeline.ingest.grid import ChipGrid
+from pipeline.store.stats import DB_RANGE, REFLECTANCE_RANGE
 
 __all__ = ["IngestConfig", "SensorSource"]
 
@@ -36,6 +37,9 @@ class SensorSource:
         cloud_classes: Quality values that are invalid (SCL-like).
         cloud_bits: Quality bits that, when set, are invalid (QA_PIXEL-like).
         sign: `planetary-computer` to sign Azure hrefs right before reading, or empty.
+        stats_range: Histogram range (low, high) of the stored values in the statistics; None = reflectance
+            (−0.5, 2.5) when `scale` is set, dB (−60, 40) when `to_db`, else the dtype's (8-bit: 0–256). Declared,
+            never guessed from the pixels, so every shard's histograms merge.
     """
 
     modality: str
@@ -55,14 +59,26 @@ class SensorSource:
     cloud_classes: tuple[int, ...] = ()
     cloud_bits: tuple[int, ...] = ()
     sign: str = ""
+    stats_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.stats_range is not None and not self.stats_range[0] < self.stats_range[1]:
+            raise ValueError(f"sensor {self.modality!r}: stats_range must be (low, high) with low < high, got "
+                             f"{self.stats_range}")  # fmt: skip
         if not self.assets:
             raise ValueError(f"sensor {self.modality!r} needs at least one asset (asset key -> band name)")
         if self.res_m <= 0 or self.max_dates < 1:
             raise ValueError(f"sensor {self.modality!r}: res_m must be > 0 and max_dates >= 1")
         if self.sign not in ("", "planetary-computer"):
             raise ValueError(f"sensor {self.modality!r}: sign must be '' or 'planetary-computer', got {self.sign!r}")
+
+    def histogram_range(self) -> tuple[float, float] | None:
+        """The statistics' histogram range of this sensor's stored values (see `stats_range`)."""
+        if self.stats_range is not None:
+            return (float(self.stats_range[0]), float(self.stats_range[1]))
+        if self.to_db:
+            return DB_RANGE
+        return REFLECTANCE_RANGE if self.scale is not None else None
 
     def spec(self) -> SensorSpec:
         """The chip loader's view of this sensor."""

@@ -102,6 +102,7 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
     they become rejects. Statistics are computed once over the shard's chips.
     """
     sensors = {s.modality: s.spec() for s in config.sensors}
+    ranges = {s.modality: s.histogram_range() for s in config.sensors}
     retry = RetryPolicy(config.max_retries, config.retry_backoff_s, config.retry_backoff_max_s)
 
     def run(row: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
         info = None
         if chips:
             info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": version},
-                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))})  # fmt: skip
+                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips, ranges)))})  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
                 "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
 

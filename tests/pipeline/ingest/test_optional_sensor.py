@@ -15,7 +15,7 @@ from pipeline.ingest.run import write_quicklooks
 from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
 from pipeline.store.records import Chip
 from pipeline.store.shards import StoreLayout, rebuild_index, write_shard
-from pipeline.store.stats import chip_stats, stats_to_json
+from pipeline.store.stats import DB_RANGE, REFLECTANCE_RANGE, chip_stats, stats_to_json
 
 S2 = SensorSpec("s2", ("B02", "B03", "B04"), ("B2", "B3", "B4"), 10.0, scale=1e-4, harmonize_s2=True)
 S1 = SensorSpec("s1", ("vv", "vh"), ("VV", "VH"), 10.0, to_db=True, nodata=None, required=False)
@@ -52,7 +52,8 @@ def test_optional_modality_without_usable_item_keeps_the_chip_and_loads(catalog_
     layout = StoreLayout(str(tmp_path / "ds"), max_dates={"s2": 1, "s1": 1})
     write_shard([alone], layout=layout, shard_id="shard-00000")  # first shard: no chip has s1
     write_shard([both], layout=layout, shard_id="shard-00001")
-    (tmp_path / "ds" / "stats.json").write_text(json.dumps(stats_to_json(chip_stats([alone, both]))))
+    stats = chip_stats([alone, both], {"s2": REFLECTANCE_RANGE, "s1": DB_RANGE})
+    (tmp_path / "ds" / "stats.json").write_text(json.dumps(stats_to_json(stats)))
     index = rebuild_index(layout)
     config = LoaderConfig((DatasetSource(str(tmp_path / "ds")),), batch_size=2, patch_sizes_m=(40,),
                           shuffle_buffer=0, drop_last=False)  # fmt: skip
