@@ -19,6 +19,7 @@ import fsspec
 import pandas as pd
 import pystac
 
+from pipeline.atomic import write_parquet
 from pipeline.errors import ManifestError
 from pipeline.catalog.signing import redact, unsigned
 
@@ -130,13 +131,7 @@ def freeze_manifest(items_by_modality: Mapping[str, Sequence[pystac.Item]], *, r
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     try:
         if not fs.exists(path):
-            buffer = io.BytesIO()
-            rows.to_parquet(buffer, index=False)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{path}.tmp-{hashlib.sha1(buffer.getvalue()).hexdigest()[:8]}"
-            with fs.open(tmp, "wb") as f:
-                f.write(buffer.getvalue())
-            fs.mv(tmp, path)  # local: atomic rename; object stores: copy, then the tmp object is removed
+            write_parquet(fs, path, rows)  # local: temporary file + rename; object stores: one PUT
     except OSError as err:
         raise ManifestError(f"could not write the manifest to {url}: {redact(str(err))}") from err
     return Manifest(version, url, rows)

@@ -36,12 +36,12 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import to_dict
+from pipeline.atomic import write_json
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.ingest.delta import KEY, changed_rows, items_of, parse_time, search_new, watermarks
-from pipeline.ingest.run import shard_plans, write_quicklooks, write_shards, write_table
+from pipeline.ingest.run import shard_plans, write_config, write_quicklooks, write_shards, write_table
 from pipeline.ingest.lease import Lease
 from pipeline.catalog.manifest import freeze_manifest, read_manifest
 from pipeline.catalog.signing import redact
@@ -135,8 +135,7 @@ def _update_stats(layout: StoreLayout, index: pd.DataFrame, new_shards: list[str
         with fs.open(f"{root}/stats.json", "r") as f:
             previous = stats_from_json(json.loads(f.read()))
         merged = merge_stats([previous, *_shard_stats(layout, new_shards)])
-    with fs.open(f"{root}/stats.json", "w") as f:
-        f.write(json.dumps(stats_to_json(merged), sort_keys=True))
+    write_json(fs, f"{root}/stats.json", stats_to_json(merged))
 
 
 def _superseded(index: pd.DataFrame, current: list[ChipPlan], run_id: str) -> list[dict[str, str]]:
@@ -252,9 +251,7 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     append_superseded(config.store, fresh, storage_options=opts)
     write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
                                                         columns=["kind", "subject", "reason"]))  # fmt: skip
-    fs, root = layout.fs()
-    with fs.open(f"{root}/config.json", "w") as f:
-        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    write_config(layout, config)
     if config.quicklooks and written:
         write_quicklooks(layout, index[index["shard_id"].isin(written)].reset_index(drop=True),
                          [s.modality for s in config.sensors], config.quicklooks)  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline.atomic import create_new, write_bytes
 from pipeline.errors import PipelineError
 
 __all__ = ["Lease", "LeaseHeld", "LeaseInfo", "LeaseLost"]
@@ -131,8 +132,7 @@ class Lease:
         info = LeaseInfo(self.owner, (latest.generation + 1) if latest else 1, _iso(now), _iso(now + self.ttl_s))
         self._fs.makedirs(self._dir, exist_ok=True)
         try:
-            with self._fs.open(self._path(info.generation), "xb") as f:  # atomic create-if-absent
-                f.write(json.dumps(asdict(info)).encode())
+            create_new(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())  # create-if-absent
         except FileExistsError:
             raise LeaseHeld(self._read(info.generation)) from None
         self.held = info
@@ -161,8 +161,7 @@ class Lease:
         """
         held = self._check()
         info = replace(held, expires_at=_iso(self.clock() + self.ttl_s))
-        with self._fs.open(self._path(info.generation), "wb") as f:
-            f.write(json.dumps(asdict(info)).encode())
+        write_bytes(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())
         self.held = info
         return info
 
@@ -177,8 +176,7 @@ class Lease:
             self.held = None
             return
         info = replace(self.held, released=True)
-        with self._fs.open(self._path(info.generation), "wb") as f:
-            f.write(json.dumps(asdict(info)).encode())
+        write_bytes(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())
         self.held = None
         log.info("lease generation %d released by %s", info.generation, info.owner)
 

@@ -38,7 +38,8 @@ from pipeline.catalog.search import StacQuery, search_items
 from pipeline.store.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
 from pipeline.store.shards import StoreLayout, is_committed, open_shard, rebuild_index, write_shard
 
-__all__ = ["IngestSummary", "run_ingest", "shard_plans", "write_quicklooks", "write_shards", "write_table"]
+__all__ = ["IngestSummary", "run_ingest", "shard_plans", "write_config", "write_quicklooks", "write_shards",
+           "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,12 @@ def write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
     """Write `frame` as Parquet at `<store>/<name>`, atomically."""
     fs, root = layout.fs()
     write_parquet(fs, f"{root}/{name}", frame)
+
+
+def write_config(layout: StoreLayout, config: IngestConfig) -> None:
+    """`<store>/config.json`: the run's config, redacted, atomically."""
+    fs, root = layout.fs()
+    write_bytes(fs, f"{root}/config.json", (redact(json.dumps(to_dict(config), indent=2, sort_keys=True)) + "\n").encode())
 
 
 def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[str], count: int) -> list[str]:
@@ -241,10 +248,8 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
     for shard_id in index["shard_id"]:
         with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
             parts.append(stats_from_json(json.loads(f.read())))
-    with fs.open(f"{root}/stats.json", "w") as f:  # merged over every committed shard (equal to a full pass)
-        f.write(json.dumps(stats_to_json(merge_stats(parts)), sort_keys=True))
-    with fs.open(f"{root}/config.json", "w") as f:
-        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    write_json(fs, f"{root}/stats.json", stats_to_json(merge_stats(parts)))  # over every committed shard
+    write_config(layout, config)
     if config.quicklooks and not index.empty:
         write_quicklooks(layout, index, [s.modality for s in config.sensors], config.quicklooks)
     counts: dict[str, int] = {}
