@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stac-url", default=os.environ.get("STAC_API_URL", ""), help="default STAC API")
     parser.add_argument("--no-ray", action="store_true", help="write shards in this process, without Ray")
     parser.add_argument("--incremental", action="store_true", help="only what is new or updated since the last run")
-    parser.add_argument("--lease-ttl", type=float, default=600.0, help="seconds the incremental lease lasts unrenewed")
+    parser.add_argument("--lease-ttl", type=float, default=600.0, help="seconds the dataset lease lasts unrenewed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("botocore", "aiobotocore", "s3fs", "urllib3"):
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_incremental(config, stac_url=args.stac_url, use_ray=not args.no_ray,
                                       lease_ttl_s=args.lease_ttl)  # fmt: skip
         else:
-            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray)
+            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray, lease_ttl_s=args.lease_ttl)
     except LeaseHeld as held:
         print(f"lease held: {held}", file=sys.stderr)
         print(json.dumps({"status": "lease_held", "holder": held.info.owner, "until": held.info.expires_at}, indent=2))

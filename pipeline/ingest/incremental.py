@@ -25,12 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,14 +38,16 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.ingest.delta import KEY, changed_rows, items_of, parse_time, search_new, watermarks
-from pipeline.ingest.run import shard_plans, write_config, write_quicklooks, write_shards, write_table
-from pipeline.ingest.lease import Lease
+from pipeline.ingest.run import merged_shard_stats, shard_plans, write_config, write_quicklooks, write_shards, write_table
+from pipeline.ingest.lease import Lease, LeaseLost, default_owner
+from pipeline.ingest.rejects import append_rejects
 from pipeline.catalog.manifest import freeze_manifest, read_manifest
 from pipeline.catalog.signing import redact
-from pipeline.ingest.state import DatasetState, RunRecord, new_run_id, read_runs, read_state, record_run, write_state
+from pipeline.ingest.state import (DatasetState, RunRecord, append_unusable, new_run_id, read_runs, read_state, read_unusable,
+                                   record_run, write_state)
 from pipeline.store.superseded import append_superseded, read_superseded
 from pipeline.store.stats import merge_stats, stats_from_json, stats_to_json
-from pipeline.store.shards import StoreLayout, read_index, rebuild_index
+from pipeline.store.shards import StoreLayout, clean_tmp, read_index, rebuild_index
 
 __all__ = ["IncrementalSummary", "cell_of", "default_owner", "run_incremental", "version_chips"]
 
@@ -71,11 +70,6 @@ class IncrementalSummary:
     snapshot_version: str = ""
     rejects: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def default_owner() -> str:
-    """A lease owner id: host, process id and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def cell_of(chip_id: str) -> str:
@@ -117,24 +111,15 @@ def _append_index(layout: StoreLayout, index: pd.DataFrame, shard_ids: list[str]
     return frame
 
 
-def _shard_stats(layout: StoreLayout, shard_ids: list[str]) -> list[Any]:
-    fs, root = layout.fs()
-    parts = []
-    for shard_id in shard_ids:
-        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
-            parts.append(stats_from_json(json.loads(f.read())))
-    return parts
-
-
 def _update_stats(layout: StoreLayout, index: pd.DataFrame, new_shards: list[str], recompute: bool) -> None:
     """Merge the new shards' statistics into `stats.json` (or recompute over every committed shard)."""
     fs, root = layout.fs()
     if recompute or not fs.exists(f"{root}/stats.json"):
-        merged = merge_stats(_shard_stats(layout, list(index["shard_id"])))
+        merged = merged_shard_stats(layout, list(index["shard_id"]))
     else:
         with fs.open(f"{root}/stats.json", "r") as f:
             previous = stats_from_json(json.loads(f.read()))
-        merged = merge_stats([previous, *_shard_stats(layout, new_shards)])
+        merged = merge_stats([previous, merged_shard_stats(layout, new_shards)])
     write_json(fs, f"{root}/stats.json", stats_to_json(merged))
 
 
@@ -181,8 +166,12 @@ def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options
     with lease.keep_alive() as check:
         started = _now(clock)
         record = RunRecord(new_run_id(started), lease.owner, "running", started)
+        clean_tmp(layout)  # partial shards of killed runs (we hold the lease: nobody else writes there)
         runs = read_runs(config.store, storage_options=opts)
         abandoned = runs[runs["status"] == "running"]
+        # a run that died or failed may have appended to the index without merging its statistics (or the
+        # reverse): the next run rebuilds the index from the markers and recomputes the statistics
+        recover = bool(len(runs)) and str(runs["status"].iloc[-1]) not in ("succeeded", "no_new_items")
         for row in abandoned.to_dict("records"):
             row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
             record_run(config.store, RunRecord(**row | {"status": "failed", "ended_at": started,
@@ -191,12 +180,17 @@ def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options
         record_run(config.store, record, storage_options=opts)
         try:
             summary, record = _run(config, layout, record, stac_url=stac_url, opts=opts, use_ray=use_ray,
-                                   pc_sas_url=pc_sas_url, recover=not abandoned.empty, check=check)  # fmt: skip
+                                   pc_sas_url=pc_sas_url, recover=recover, check=check)  # fmt: skip
+        except LeaseLost:
+            log.error("run %s lost the lease and stopped before writing more; the next run recovers", record.run_id)
+            raise
         except BaseException as err:
+            check()  # only the lease holder writes the runs table
             record_run(config.store, replace(record, status="failed", ended_at=_now(clock),
                                              error=redact(f"{type(err).__name__}: {err}")[:2000]),
                        storage_options=opts)  # fmt: skip
             raise
+        check()
         record_run(config.store, replace(record, ended_at=_now(clock)), storage_options=opts)
     summary = replace(summary, seconds=round(time.perf_counter() - start, 2))
     log.info("incremental ingestion done: %s", summary)
@@ -233,30 +227,40 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(begin, end) if begin and end else None)  # fmt: skip
     plans = version_chips(plans, snapshot.rows)
+    check()
     index = rebuild_index(layout) if recover else read_index(layout)
     stored = {c for ids in index["chip_ids"] for c in ids}
-    todo = [p for p in plans if p.chip_id not in stored]
+    unusable = read_unusable(config.store, storage_options=opts)  # read before, nothing usable: not again
+    todo = [p for p in plans if p.chip_id not in stored and p.chip_id not in unusable]
     shards = shard_plans(snapshot.version, todo, config.chips_per_shard)
     results = write_shards(config, layout, snapshot.url, {p.chip_id: p for p in todo}, shards, use_ray=use_ray,
-                           pc_sas_url=pc_sas_url)  # fmt: skip
-    check()  # still the lease holder: only now is the run's work made visible
+                           pc_sas_url=pc_sas_url, check=check)  # fmt: skip
     written = [str(r["shard_id"]) for r in results if r["status"] in ("written", "skipped")]
     for result in results:
         rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    check()  # before each step that makes the run's work visible: still the lease holder
     index = _append_index(layout, index, written)
+    check()
     _update_stats(layout, index, written, recompute=recover)
     superseded = _superseded(index, plans, record.run_id)
     known = set(read_superseded(config.store, storage_options=opts)["chip_id"])
     fresh = [s for s in superseded if s["chip_id"] not in known]
+    check()
     append_superseded(config.store, fresh, storage_options=opts)
-    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
-                                                        columns=["kind", "subject", "reason"]))  # fmt: skip
+    check()
+    append_unusable(config.store, [c for r in results for c in json.loads(r.get("unusable") or "[]")], record.run_id,
+                    storage_options=opts)  # fmt: skip
+    check()
+    append_rejects(layout, rejects, record.run_id)
+    check()
     write_config(layout, config)
     if config.quicklooks and written:
+        check()
         write_quicklooks(layout, index[index["shard_id"].isin(written)].reset_index(drop=True),
                          [s.modality for s in config.sensors], config.quicklooks)  # fmt: skip
     marks = watermarks(snapshot.rows)
     manifests = state.manifests + ((manifest.version,) if manifest else ())
+    check()
     write_state(config.store, DatasetState(max((a for a, _ in marks.values()), default=""),
                                            max((u for _, u in marks.values()), default=""), snapshot.url, manifests,
                                            record.run_id,

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+import uuid
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +33,7 @@ import fsspec
 from pipeline.atomic import create_new, write_bytes
 from pipeline.errors import PipelineError
 
-__all__ = ["Lease", "LeaseHeld", "LeaseInfo", "LeaseLost"]
+__all__ = ["Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "default_owner"]
 
 log = logging.getLogger(__name__)
 KEEP_GENERATIONS = 3
@@ -61,6 +64,11 @@ class LeaseHeld(PipelineError):
 
 class LeaseLost(PipelineError):
     """The holder could not renew in time, or another run took the lease over; the holder must stop writing."""
+
+
+def default_owner() -> str:
+    """A lease owner id: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def _iso(ts: float) -> str:
@@ -183,7 +191,8 @@ class Lease:
     @contextmanager
     def keep_alive(self, every_s: float | None = None) -> Iterator[Callable[[], None]]:
         """Renew in a background thread while the block runs; yields `check()`, which raises `LeaseLost` if a
-        renewal failed. The lease is released when the block ends, also on error."""
+        renewal failed (any error) or the lease was lost: call it before every step that makes work visible.
+        The lease is released when the block ends, also on error."""
         stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -191,7 +200,8 @@ class Lease:
             while not stop.wait(every_s or self.ttl_s / 3):
                 try:
                     self.renew()
-                except (LeaseLost, OSError) as err:
+                except Exception as err:  # noqa: BLE001 - any failure ends the renewals; check() reports it
+                    log.error("lease renewal failed, the run stops before its next write: %s", err)
                     failure.append(err)
                     return
 

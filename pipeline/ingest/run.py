@@ -13,9 +13,10 @@ import io
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
@@ -30,15 +31,17 @@ from pipeline.errors import PipelineError
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.ingest.quicklook import modality_panel, write_quicklook
+from pipeline.ingest.lease import Lease, default_owner
 from pipeline.ingest.raster_reader import ChipReader
+from pipeline.ingest.rejects import append_rejects
 from pipeline.store.records import Chip
 from pipeline.ingest.retry import RetryPolicy
 from pipeline.catalog.signing import PlanetaryComputerSigner, redact
 from pipeline.catalog.search import StacQuery, search_items
 from pipeline.store.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
-from pipeline.store.shards import StoreLayout, is_committed, open_shard, rebuild_index, write_shard
+from pipeline.store.shards import StoreLayout, clean_tmp, is_committed, open_shard, rebuild_index, write_shard
 
-__all__ = ["IngestSummary", "run_ingest", "shard_plans", "write_config", "write_quicklooks", "write_shards",
+__all__ = ["IngestSummary", "merged_shard_stats", "run_ingest", "shard_plans", "write_config", "write_quicklooks", "write_shards",
            "write_table"]
 
 log = logging.getLogger(__name__)
@@ -109,22 +112,27 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
     def run(row: dict[str, Any]) -> dict[str, Any]:
         shard_id, plans = str(row["shard_id"]), _plans_from_json(str(row["plans"]))
         if is_committed(layout, shard_id):
-            return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]"}
+            return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]",
+                    "unusable": "[]"}  # fmt: skip
         version, items = _manifest_items(manifest_url, layout.storage_options)
         chips: list[Chip] = []
         rejects: list[Reject] = []
+        unusable: list[str] = []  # chips with nothing usable for permanent reasons (not worth reading again)
         with ChipReader(sign=sign, retry=retry, chips=[p.bounds for p in plans]) as reader:
             for plan in plans:
                 chip, chip_rejects = load_chip(plan, items, sensors, reader=reader)
                 rejects += chip_rejects
                 if chip is not None:
                     chips.append(chip)
+                elif not any(r.kind == "transient_io" for r in chip_rejects):
+                    unusable.append(plan.chip_id)
         info = None
         if chips:
             info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": version},
                                sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips, ranges)))})  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
-                "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
+                "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects]),
+                "unusable": json.dumps(unusable)}  # fmt: skip
 
     return run
 
@@ -173,11 +181,12 @@ def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[
 
 
 def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
-                 shards: list[tuple[str, list[str]]], *, use_ray: bool = True,
-                 pc_sas_url: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                 shards: list[tuple[str, list[str]]], *, use_ray: bool = True, pc_sas_url: str | None = None,
+                 check: Callable[[], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Write the planned shards (one Ray Data task each, or a plain loop) and return one result row per shard.
 
-    Shared by the full run (`run_ingest`) and the incremental run (`pipeline.ingest.incremental`).
+    Shared by the full run (`run_ingest`) and the incremental run (`pipeline.ingest.incremental`). `check`
+    (the lease's) is called before the shards are submitted and, without Ray, before each shard.
     """
     sign = None
     if any(s.sign == "planetary-computer" for s in config.sensors):
@@ -189,17 +198,35 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     if use_ray:
         import ray
 
+        if check is not None:
+            check()
         if not ray.is_initialized():
             ray.init(logging_level=logging.WARNING)
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
         return list(dataset.map(task, compute=ray.data.TaskPoolStrategy(size=config.concurrency),
                                 max_retries=config.max_retries, num_cpus=0.5).take_all())  # fmt: skip
-    return [task(r) for r in rows]
+    out = []
+    for row in rows:
+        if check is not None:
+            check()
+        out.append(task(row))
+    return out
+
+
+def merged_shard_stats(layout: StoreLayout, shard_ids: list[str]) -> Any:
+    """The statistics of the given committed shards, merged (from their `stats.json` sidecars)."""
+    fs, root = layout.fs()
+    parts = []
+    for shard_id in shard_ids:
+        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
+            parts.append(stats_from_json(json.loads(f.read())))
+    return merge_stats(parts)
 
 
 def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
-               use_ray: bool = True, pc_sas_url: str | None = None) -> IngestSummary:  # fmt: skip
-    """Run an ingestion end to end (see the module docstring).
+               use_ray: bool = True, pc_sas_url: str | None = None, owner: str | None = None,
+               lease_ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> IngestSummary:  # fmt: skip
+    """Run an ingestion end to end (see the module docstring), under the dataset's lease.
 
     Args:
         config: The validated ingestion config.
@@ -207,14 +234,29 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         storage_options: fsspec options of the store (e.g. the S3 endpoint); never written.
         use_ray: Write shards as Ray Data tasks (connects to the current cluster or starts a local one).
         pc_sas_url: Token service of Planetary Computer signing (default: the public one).
+        owner: Lease owner id shown to concurrent runs (default: host, pid and a random suffix).
+        lease_ttl_s: Lease lifetime; renewed every third of it while the run works.
+        clock: Seconds since the epoch (for the lease).
 
     Raises:
+        LeaseHeld: Another run holds the dataset's lease (nothing was written).
+        LeaseLost: The lease was lost; the run stopped before its next write.
         PipelineError: Nothing usable was found or produced.
     """
-    start = time.perf_counter()
     opts = dict(storage_options or {})
+    lease = Lease(config.store, owner=owner or default_owner(), ttl_s=lease_ttl_s, storage_options=opts, clock=clock)
+    lease.acquire()
+    with lease.keep_alive() as check:
+        return _run_full(config, stac_url=stac_url, opts=opts, use_ray=use_ray, pc_sas_url=pc_sas_url, check=check)
+
+
+def _run_full(config: IngestConfig, *, stac_url: str, opts: dict[str, Any], use_ray: bool, pc_sas_url: str | None,
+              check: Callable[[], None]) -> IngestSummary:  # fmt: skip
+    start = time.perf_counter()
+    run_id = f"full-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
                          storage_options=opts)  # fmt: skip
+    clean_tmp(layout)  # partial shards of killed runs (we hold the lease: nobody else writes there)
     found = {}
     for sensor in config.sensors:
         url = sensor.stac_url or stac_url
@@ -225,6 +267,7 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
                                                         max_cloud_cover=sensor.max_cloud_cover,
                                                         page_size=config.page_size))  # fmt: skip
         log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
+    check()
     manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
     begin, end = (datetime.fromisoformat(p.replace("Z", "+00:00")) for p in config.datetime.split("/"))
     plans, rejects = plan_chips(manifest, grid=config.grid, area=config.bbox,
@@ -232,25 +275,27 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(begin, end) if begin.tzinfo else None)  # fmt: skip
     if not plans:
-        write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
+        check()
+        append_rejects(layout, rejects, run_id)
         raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "
                             f"({len(rejects)} rejects in {config.store}/rejects.parquet)")  # fmt: skip
     by_id = {p.chip_id: p for p in plans}
     shards = shard_plans(manifest.version, plans, config.chips_per_shard)
-    results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url)
+    results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url,
+                           check=check)  # fmt: skip
     for result in results:
         rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    check()  # before each step that makes the run's work visible: still the lease holder
     index = rebuild_index(layout)
-    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
-                                                          columns=["kind", "subject", "reason"]))  # fmt: skip
+    check()
+    append_rejects(layout, rejects, run_id)
     fs, root = layout.fs()
-    parts = []
-    for shard_id in index["shard_id"]:
-        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
-            parts.append(stats_from_json(json.loads(f.read())))
-    write_json(fs, f"{root}/stats.json", stats_to_json(merge_stats(parts)))  # over every committed shard
+    check()
+    write_json(fs, f"{root}/stats.json", stats_to_json(merged_shard_stats(layout, list(index["shard_id"]))))
+    check()
     write_config(layout, config)
     if config.quicklooks and not index.empty:
+        check()
         write_quicklooks(layout, index, [s.modality for s in config.sensors], config.quicklooks)
     counts: dict[str, int] = {}
     for r in rejects:

@@ -32,7 +32,7 @@ from pipeline.errors import StoreError
 from pipeline.store.records import Chip
 from pipeline.store.shard_writer import build_shard, encode_shard
 
-__all__ = ["ShardInfo", "StoreLayout", "committed_shards", "is_committed", "open_shard", "read_index", "rebuild_index", "write_shard"]
+__all__ = ["ShardInfo", "StoreLayout", "clean_tmp", "committed_shards", "is_committed", "open_shard", "read_index", "rebuild_index", "write_shard"]
 
 log = logging.getLogger(__name__)
 MARKER = "_COMMITTED"
@@ -125,6 +125,21 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
         raise StoreError(f"writing shard {shard_id} to {layout.url} failed: {err}") from err
     log.info("committed shard %s (%d chips)", shard_id, len(chips))
     return info
+
+
+def clean_tmp(layout: StoreLayout) -> int:
+    """Remove what crashed or killed runs left under `<root>/_tmp/` (partial shards); only the lease holder calls
+    this, so no other run is writing there. Returns the number of entries removed."""
+    fs, root = layout.fs()
+    try:
+        entries = fs.ls(f"{root}/_tmp", detail=False)
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        fs.rm(entry, recursive=True)
+    if entries:
+        log.info("removed %d partial shard(s) left under %s/_tmp", len(entries), layout.url)
+    return len(entries)
 
 
 def _info_from_marker(fs: fsspec.AbstractFileSystem, path: str, url: str) -> ShardInfo:
