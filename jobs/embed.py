@@ -17,9 +17,11 @@ import torch
 
 import modelops
 from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches
+from pipeline.logs import install_redaction
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="registry URI, e.g. models:/anysat-demo@champion")
     parser.add_argument("--store", default="out/demo-dataset", help="dataset root written by jobs/ingest.py")

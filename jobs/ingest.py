@@ -26,6 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.ingest.incremental import run_incremental
 from pipeline.ingest.run import run_ingest
 from pipeline.ingest.lease import LeaseHeld
+from pipeline.logs import install_redaction
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -33,6 +34,7 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value override")
@@ -53,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         # a dashboard URL (for `ray job submit`) is not a cluster address for ray.init()
         os.environ["RAY_ADDRESS"] = os.environ.get("RAY_GCS_ADDRESS", "")
     signal.signal(signal.SIGTERM, _stop)
+    sas = os.environ.get("PC_SAS_URL") or None  # Planetary Computer's token service (default: the public one)
     try:
         if args.incremental:
             summary = run_incremental(config, stac_url=args.stac_url, use_ray=not args.no_ray,
-                                      lease_ttl_s=args.lease_ttl)  # fmt: skip
+                                      lease_ttl_s=args.lease_ttl, pc_sas_url=sas)  # fmt: skip
         else:
-            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray, lease_ttl_s=args.lease_ttl)
+            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray, lease_ttl_s=args.lease_ttl,
+                                 pc_sas_url=sas)  # fmt: skip
     except LeaseHeld as held:
         print(f"lease held: {held}", file=sys.stderr)
         print(json.dumps({"status": "lease_held", "holder": held.info.owner, "until": held.info.expires_at}, indent=2))

@@ -24,9 +24,11 @@ from modelops.pretrain_config import PretrainConfig
 from modelops.tracking import Tracker, flatten
 from pipeline.config import load_config, to_dict
 from pipeline.errors import PipelineError
+from pipeline.logs import install_redaction
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file (see configs/pretrain-demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value override")

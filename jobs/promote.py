@@ -14,9 +14,11 @@ import sys
 from mlflow.exceptions import MlflowException
 
 from modelops.registry import promote
+from pipeline.logs import install_redaction
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="registered model name")
     parser.add_argument("--version", type=int, default=None, help="version to promote (default: the candidate)")

@@ -30,6 +30,7 @@ from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint, wrap_ddp
 from pipeline.config import to_dict
 from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
+from pipeline.logs import install_redaction
 from pipeline.store.shards import StoreLayout, read_index
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
 
     from pipeline.load.ray_loader import RayEpochs
 
+    install_redaction()  # Ray Train workers log too
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

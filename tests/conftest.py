@@ -11,7 +11,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -94,3 +97,36 @@ def sample_items(catalog_files: tuple[Path, ...]) -> Callable[[str], tuple[Path,
         return items.parent / "collection.json", [json.loads(x) for x in items.read_text().splitlines()]
 
     return get
+
+
+class _TokenService(BaseHTTPRequestHandler):
+    """Planetary Computer's token protocol on loopback: a fresh SAS token per request (`…&sig=SECRET<n>`)."""
+
+    calls: list[str] = []
+    lifetime = timedelta(hours=1)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        type(self).calls.append(self.path)
+        n = len(type(self).calls)
+        expiry = datetime.now(timezone.utc) + type(self).lifetime
+        body = json.dumps({"msft:expiry": expiry.isoformat().replace("+00:00", "Z"),
+                           "token": f"st=2026&se=2027&sp=rl&sv=2021&sr=c&sig=SECRET{n}"}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def sas_service() -> Iterator[tuple[str, list[str]]]:
+    """A local SAS token endpoint: (its `sas_url`, the paths it was asked for)."""
+    handler = type("TokenService", (_TokenService,), {"calls": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api/sas/v1", handler.calls
+    server.shutdown()
+    server.server_close()

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import StacError
+from pipeline.logs import redact_secrets
 
 __all__ = ["PlanetaryComputerSigner", "is_azure_blob", "redact", "unsigned"]
 
@@ -44,8 +45,9 @@ def unsigned(href: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Replace SAS/token query parameters in `text` by `<redacted>` (for logs, errors and written files)."""
-    return _SAS_PARAMS.sub(lambda m: f"{m.group(1)}{m.group(2)}=<redacted>", text)
+    """Replace SAS/token query parameters, URL credentials and keys in `text` by `<redacted>` (for logs, errors
+    and written files; `pipeline.logs.redact_secrets`)."""
+    return redact_secrets(_SAS_PARAMS.sub(lambda m: f"{m.group(1)}{m.group(2)}=<redacted>", text))
 
 
 @dataclass

@@ -11,6 +11,7 @@ derives day of year). A chip that cannot be used comes back as a `Reject` with i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,6 +160,8 @@ def _read_error_kind(err: ChipError) -> str:
         return "missing_asset"
     if "processing_baseline" in text:
         return "bad_metadata"
+    if re.search(r"\b(401|403)\b|access denied|forbidden|authenticationfailed|signature", text):
+        return "access_denied"  # an expired or missing token, or no permission: not a deleted file
     if "no such file" in text or "404" in text or "does not exist" in text or "not found" in text:
         return "href_not_found"
     if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text \

@@ -36,6 +36,7 @@ from pipeline.ingest.raster_reader import ChipReader
 from pipeline.ingest.rejects import append_rejects
 from pipeline.store.records import Chip
 from pipeline.ingest.retry import RetryPolicy
+from pipeline.logs import install_redaction
 from pipeline.catalog.signing import PlanetaryComputerSigner, redact
 from pipeline.catalog.search import StacQuery, search_items
 from pipeline.store.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
@@ -110,6 +111,7 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
     retry = RetryPolicy(config.max_retries, config.retry_backoff_s, config.retry_backoff_max_s)
 
     def run(row: dict[str, Any]) -> dict[str, Any]:
+        install_redaction()  # in Ray workers too: GDAL/rasterio messages may carry signed hrefs
         shard_id, plans = str(row["shard_id"]), _plans_from_json(str(row["plans"]))
         if is_committed(layout, shard_id):
             return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]",
