@@ -99,7 +99,7 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
     trainer = _build_trainer(cfg, rank=rank, device=device)
     resumes: list[dict[str, Any]] = []
     if restore:
-        state = load_checkpoint(trainer, restore)
+        state = load_checkpoint(trainer, restore, rank=rank)  # rank > 0: its own random streams, not rank 0's
         resumes = list(read_state(restore)["extra"].get("resumes", []))
         resumes.append({"step": state.step, "target_sha256": weights_digest(trainer.jepa.target)})
         log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in)", rank, restore, state.step,
