@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 from modelops import pretrain as wiring
 from modelops.pretrain_config import PretrainConfig
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = Tracker(os.environ.get("MLFLOW_TRACKING_URI"), experiment=cfg.run.experiment)
     tracker.start(run_name=cfg.run.name, tags={"job": "pretrain", "resumed": str(bool(latest))})
     tracker.log_params(flatten(to_dict(cfg)) | dataset_params)
-    out_dir = Path(tempfile.mkdtemp(prefix="anysat-pretrain-"))
+    out_dir = wiring.output_dir(cfg)  # nothing is left under the system's temp folder
     for name, table in stats.items():
         (out_dir / f"stats-{name}.json").write_text(json.dumps(table, sort_keys=True))
         tracker.log_artifact(out_dir / f"stats-{name}.json", artifact_path="datasets")

@@ -9,6 +9,7 @@ Only rank 0 logs to MLflow and writes checkpoints.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -223,8 +224,26 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    local = Path(tempfile.mkdtemp(prefix="anysat-final-"))
-    return Path(result.checkpoint.to_directory(str(local / "checkpoint")))
+    if cfg.run.storage and not cfg.run.storage.startswith("s3://"):  # already on local disk: no copy
+        return Path(result.checkpoint.path)
+    return Path(result.checkpoint.to_directory(str(scratch_dir("anysat-final-") / "checkpoint")))
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory removed when the process exits (nothing is left under the system's temp folder)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def output_dir(cfg: PretrainConfig) -> Path:
+    """Where the job writes its small outputs (loss curve, config): beside the checkpoints on local storage,
+    else a scratch directory removed at exit (the files are MLflow artifacts)."""
+    if cfg.run.storage and not cfg.run.storage.startswith("s3://"):
+        out = Path(cfg.run.storage) / cfg.run.name / "outputs"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return scratch_dir("anysat-pretrain-")
 
 
 # -- after training ---------------------------------------------------------------------------------------------
