@@ -107,8 +107,12 @@ def _cloud_filter_mode(client: Client) -> str:
     return "client"
 
 
-def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[pystac.Item]:
+def iter_items(query: StacQuery, *, client: Client | None = None,
+               invalid: list[tuple[str, str]] | None = None) -> Iterator[pystac.Item]:  # fmt: skip
     """Yield the items matching `query`, page by page, following `next` links (GET or POST with a token).
+
+    An item the server returns that is not a valid STAC item (e.g. `datetime: null` without
+    `start_datetime`/`end_datetime`) is skipped and appended to `invalid` as (id, reason), never a crash.
 
     Raises:
         StacError: The server failed after retries.
@@ -140,7 +144,15 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
     since = None if query.updated_after is None or updated_on_server else _instant(query.updated_after)
     yielded = 0
     try:
-        for item in client.search(**kwargs).items():  # type: ignore[arg-type]
+        for raw in client.search(**kwargs).items_as_dicts():  # type: ignore[arg-type]
+            try:
+                item = pystac.Item.from_dict(raw, root=client, preserve_dict=False)
+            except Exception as err:  # noqa: BLE001 - pystac raises several types on malformed items
+                item_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
+                log.warning("%s returned an invalid item %s: %s", query.url, item_id, err)
+                if invalid is not None:
+                    invalid.append((item_id, f"not a valid STAC item: {err}"))
+                continue
             if mode == "client" and not _cloud_ok(item, query.max_cloud_cover):
                 continue
             if since is not None and not _updated_since(item, since):
@@ -153,9 +165,10 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
         raise StacError(f"STAC search at {query.url} failed: {err}") from err
 
 
-def search_items(query: StacQuery, *, client: Client | None = None) -> list[pystac.Item]:
-    """All items matching `query` (see `iter_items`), in the server's order."""
-    return list(iter_items(query, client=client))
+def search_items(query: StacQuery, *, client: Client | None = None,
+                 invalid: list[tuple[str, str]] | None = None) -> list[pystac.Item]:  # fmt: skip
+    """All items matching `query` (see `iter_items`; invalid items go to `invalid`), in the server's order."""
+    return list(iter_items(query, client=client, invalid=invalid))
 
 
 def _cloud_ok(item: pystac.Item, max_cloud_cover: float | None) -> bool:

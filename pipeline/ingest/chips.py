@@ -130,6 +130,11 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan, rea
                            dtype=np.float32)[:, None, None, None]  # fmt: skip
         data = (data - offsets) * np.float32(spec.scale)
     if spec.to_db:
+        finite = data[np.isfinite(data) & valid[:, None]]
+        if finite.size and float((finite <= 0).mean()) > 0.5:  # linear power is > 0; dB of backscatter mostly < 0
+            raise ChipError(f"item {items[0].id}: {float((finite <= 0).mean()):.0%} of the {spec.modality} values are "
+                            "<= 0, as in dB, but the sensor declares linear power (to_db); set to_db: false for "
+                            "a dB collection")  # fmt: skip
         positive = np.all(data > 0, axis=1)
         valid &= positive
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -160,6 +165,8 @@ def _read_error_kind(err: ChipError) -> str:
         return "missing_asset"
     if "processing_baseline" in text:
         return "bad_metadata"
+    if "but the sensor declares linear power" in text:
+        return "wrong_units"
     if re.search(r"\b(401|403)\b|access denied|forbidden|authenticationfailed|signature", text):
         return "access_denied"  # an expired or missing token, or no permission: not a deleted file
     if "no such file" in text or "404" in text or "does not exist" in text or "not found" in text:

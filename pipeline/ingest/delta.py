@@ -67,8 +67,9 @@ def sensor_marks(state: DatasetState, modality: str) -> tuple[str, str]:
     return state.acquired_until, state.updated_until
 
 
-def search_new(config: IngestConfig, state: DatasetState,
-               stac_url: str) -> tuple[dict[str, list[pystac.Item]], dict[str, tuple[str, str]]]:  # fmt: skip
+def search_new(config: IngestConfig, state: DatasetState, stac_url: str,
+               invalid: list[tuple[str, str]] | None = None
+               ) -> tuple[dict[str, list[pystac.Item]], dict[str, tuple[str, str]]]:  # fmt: skip
     """Per sensor, items acquired at or after its acquisition watermark or updated at or after its updated one.
 
     Returns:
@@ -88,10 +89,10 @@ def search_new(config: IngestConfig, state: DatasetState,
         items: dict[str, pystac.Item] = {}
         end_dt, from_dt = parse_time(end), parse_time(acquired_from)
         if end_dt is None or from_dt is None or from_dt <= end_dt:
-            for item in search_items(replace(base, datetime=f"{acquired_from}/{end}")):
+            for item in search_items(replace(base, datetime=f"{acquired_from}/{end}"), invalid=invalid):
                 items[item.id] = item
         if updated_until:
-            for item in search_items(replace(base, updated_after=updated_until)):
+            for item in search_items(replace(base, updated_after=updated_until), invalid=invalid):
                 items[item.id] = item
         found[sensor.modality] = list(items.values())
         windows[sensor.modality] = (acquired_from if acquired_until else "", updated_until)

@@ -202,7 +202,8 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
          check: Callable[[], None]) -> tuple[IncrementalSummary, RunRecord]:  # fmt: skip
     state = read_state(config.store, storage_options=opts)
     previous = read_manifest(state.snapshot_manifest, storage_options=opts) if state.snapshot_manifest else None
-    found, windows = search_new(config, state, stac_url)
+    invalid: list[tuple[str, str]] = []
+    found, windows = search_new(config, state, stac_url, invalid)
     delta, n_new, n_updated = changed_rows(found, previous)
     froms = [w[0] for w in windows.values()]
     record = replace(record, acquired_after=min(froms) if all(froms) else "",
@@ -226,6 +227,7 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(begin, end) if begin and end else None)  # fmt: skip
+    rejects += [Reject("invalid_item", item_id, reason) for item_id, reason in dict(invalid).items()]
     plans = version_chips(plans, snapshot.rows)
     check()
     index = rebuild_index(layout) if recover else read_index(layout)

@@ -260,6 +260,7 @@ def _run_full(config: IngestConfig, *, stac_url: str, opts: dict[str, Any], use_
                          storage_options=opts)  # fmt: skip
     clean_tmp(layout)  # partial shards of killed runs (we hold the lease: nobody else writes there)
     found = {}
+    invalid: list[tuple[str, str]] = []
     for sensor in config.sensors:
         url = sensor.stac_url or stac_url
         if not url:
@@ -267,7 +268,7 @@ def _run_full(config: IngestConfig, *, stac_url: str, opts: dict[str, Any], use_
         found[sensor.modality] = search_items(StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox,
                                                         datetime=config.datetime,
                                                         max_cloud_cover=sensor.max_cloud_cover,
-                                                        page_size=config.page_size))  # fmt: skip
+                                                        page_size=config.page_size), invalid=invalid)  # fmt: skip
         log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
     check()
     manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
@@ -276,6 +277,7 @@ def _run_full(config: IngestConfig, *, stac_url: str, opts: dict[str, Any], use_
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(begin, end) if begin.tzinfo else None)  # fmt: skip
+    rejects += [Reject("invalid_item", item_id, reason) for item_id, reason in invalid]
     if not plans:
         check()
         append_rejects(layout, rejects, run_id)
