@@ -61,20 +61,26 @@ def _clean_item(item: pystac.Item) -> dict[str, Any]:
     return raw
 
 
-def _epsg(raw: Mapping[str, Any]) -> int | None:
-    props = raw.get("properties", {})
-    code = props.get("proj:code")
-    if isinstance(code, str) and code.upper().startswith("EPSG:"):
-        return int(code.split(":")[1])
-    if props.get("proj:epsg") is not None:
-        return int(props["proj:epsg"])
-    for asset in raw.get("assets", {}).values():
-        code = asset.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":")[1])
-        if asset.get("proj:epsg") is not None:
-            return int(asset["proj:epsg"])
+def _code(fields: Mapping[str, Any]) -> int | None:
+    """The EPSG code of `proj:code` ("EPSG:32633") or `proj:epsg` (32633); None when absent or not a code."""
+    code = fields.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:") and code.split(":", 1)[1].isdigit():
+        return int(code.split(":", 1)[1])
+    value = fields.get("proj:epsg")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
     return None
+
+
+def _epsg(raw: Mapping[str, Any]) -> int | None:
+    props = raw.get("properties") or {}
+    found = _code(props) if isinstance(props, Mapping) else None
+    for asset in (raw.get("assets") or {}).values():
+        if found is None and isinstance(asset, Mapping):
+            found = _code(asset)
+    return found
 
 
 def manifest_rows(items_by_modality: Mapping[str, Sequence[pystac.Item]]) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from urllib3 import Retry
 
 from pipeline.errors import StacError
 
-__all__ = ["StacQuery", "iter_items", "open_client", "search_items", "updated_predicate"]
+__all__ = ["StacQuery", "iter_items", "open_client", "parse_item", "search_items", "updated_predicate"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,19 @@ def _cloud_filter_mode(client: Client) -> str:
     return "client"
 
 
+def parse_item(raw: object, *, root: Client | None = None) -> tuple[pystac.Item | None, tuple[str, str]]:
+    """A STAC item from its JSON, or None and (id, reason) when it is not a valid one (never raises)."""
+    item_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+        if not isinstance(raw.get("id"), str) or not raw["id"]:
+            raise ValueError(f"its id is {raw.get('id')!r}, not a non-empty string")
+        return pystac.Item.from_dict(raw, root=root, preserve_dict=False), (item_id, "")
+    except Exception as err:  # noqa: BLE001 - pystac raises several types on malformed items
+        return None, (item_id, f"not a valid STAC item: {type(err).__name__}: {err}")
+
+
 def iter_items(query: StacQuery, *, client: Client | None = None,
                invalid: list[tuple[str, str]] | None = None) -> Iterator[pystac.Item]:  # fmt: skip
     """Yield the items matching `query`, page by page, following `next` links (GET or POST with a token).
@@ -145,13 +158,11 @@ def iter_items(query: StacQuery, *, client: Client | None = None,
     yielded = 0
     try:
         for raw in client.search(**kwargs).items_as_dicts():  # type: ignore[arg-type]
-            try:
-                item = pystac.Item.from_dict(raw, root=client, preserve_dict=False)
-            except Exception as err:  # noqa: BLE001 - pystac raises several types on malformed items
-                item_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
-                log.warning("%s returned an invalid item %s: %s", query.url, item_id, err)
+            item, why = parse_item(raw, root=client)
+            if item is None:
+                log.warning("%s returned an invalid item: %s", query.url, why)
                 if invalid is not None:
-                    invalid.append((item_id, f"not a valid STAC item: {err}"))
+                    invalid.append(why)
                 continue
             if mode == "client" and not _cloud_ok(item, query.max_cloud_cover):
                 continue

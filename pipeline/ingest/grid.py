@@ -12,8 +12,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
+import pandas as pd
 from pyproj import Transformer
 from shapely.geometry import box, shape
 from shapely.ops import transform as shp_transform
@@ -77,11 +78,14 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def _parse_time(text: str) -> datetime | None:
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _bbox(row: object) -> list[float] | None:
@@ -151,7 +155,7 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
             footprint = shp_transform(to_grid, geom)
             if not footprint.is_valid or not all(math.isfinite(v) for v in footprint.bounds):
                 raise ValueError(f"it does not project onto the EPSG:{epsg} grid")
-        except (ValueError, TypeError, AttributeError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 - shapely/pyproj raise many types on malformed GeoJSON
             rejects.append(Reject("invalid_geometry", row.item_id, f"its footprint cannot be used: {err}"))
             continue
         bbox = _bbox(row)
@@ -162,7 +166,11 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
         if not footprint.intersects(area_poly):
             rejects.append(Reject("outside_area", row.item_id, "its footprint does not intersect the area"))
             continue
-        cover = float(row.cloud_cover) if row.cloud_cover is not None and not math.isnan(row.cloud_cover) else 0.0
+        try:
+            cover = 0.0 if row.cloud_cover is None or pd.isna(row.cloud_cover) else float(row.cloud_cover)
+        except (TypeError, ValueError):
+            rejects.append(Reject("bad_metadata", row.item_id, f"eo:cloud_cover {row.cloud_cover!r} is not a number"))
+            continue
         footprints.setdefault(row.modality, []).append((row.item_id, footprint, when, cover))
     size, step = grid.chip_size_m, grid.align_m
     minx, miny, maxx, maxy = area_poly.bounds
