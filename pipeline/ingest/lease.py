@@ -7,7 +7,7 @@ since 2024, honoured by moto 5.2; s3fs sends it for mode "x"). Of two runs racin
 succeeds, so nothing is ever deleted or overwritten by a contender, and no conditional delete is needed.
 
 A run may take generation g+1 only when generation g is released or expired, so a crashed holder blocks the
-next run for at most one TTL. The holder renews by rewriting its own object with a later expiry (only it writes
+next run for at most one TTL (not at all on the same host: a holder whose process is gone there is taken over). The holder renews by rewriting its own object with a later expiry (only it writes
 that object) and gives up (`LeaseLost`) if a newer generation exists or if its own expiry passed before it
 renewed, by its own clock: a taker only ever sees an expired lease after that point, so two holders never
 overlap as long as clocks agree to well within the TTL. Old generations are pruned after a successful acquire.
@@ -69,6 +69,22 @@ class LeaseLost(PipelineError):
 def default_owner() -> str:
     """A lease owner id: host, process id and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _dead_here(owner: str) -> bool:
+    """True when the owner (`host:pid:random`) ran on this host and its process no longer exists: a killed run
+    on this machine frees its lease at once instead of after its TTL (other hosts still wait for the TTL)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 def _iso(ts: float) -> str:
@@ -133,10 +149,12 @@ class Lease:
         """
         now = self.clock()
         latest = self.current()
-        if latest is not None and not latest.released and not latest.expired(now):
+        dead = latest is not None and not latest.released and _dead_here(latest.owner)
+        if latest is not None and not latest.released and not latest.expired(now) and not dead:
             raise LeaseHeld(latest)
         if latest is not None and not latest.released:
-            log.warning("taking over the expired lease of %s (expired %s)", latest.owner, latest.expires_at)
+            log.warning("taking over the %s lease of %s (expires %s)", "dead holder's" if dead else "expired",
+                        latest.owner, latest.expires_at)  # fmt: skip
         info = LeaseInfo(self.owner, (latest.generation + 1) if latest else 1, _iso(now), _iso(now + self.ttl_s))
         self._fs.makedirs(self._dir, exist_ok=True)
         try:
