@@ -1,8 +1,9 @@
 """The rejects table beside a store: every item or chip a run could not use, with its reason, kept across runs.
 
-`<store>/rejects.parquet` has one row per (kind, subject, reason) with the run that first recorded it and when:
-a later run appends what is new and keeps the history (an incremental run re-plans the whole snapshot, so the
-same planning rejects come back every run and are recorded once).
+`<store>/rejects.parquet` has the rejects of every run with the run that recorded them and when: a later run
+appends what earlier runs did not record (same kind, subject and reason) and keeps the history (an incremental
+run re-plans the whole snapshot, so the same planning rejects come back every run and are recorded once);
+within one run every reject is a row (an item failing in two chips gives two).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pipeline.store.shards import StoreLayout
 __all__ = ["REJECT_COLUMNS", "append_rejects", "read_rejects"]
 
 REJECT_COLUMNS = ["kind", "subject", "reason", "run_id", "recorded_at"]
-_KEY = ["kind", "subject", "reason"]
 
 
 def read_rejects(layout: StoreLayout) -> pd.DataFrame:
@@ -36,12 +36,16 @@ def read_rejects(layout: StoreLayout) -> pd.DataFrame:
 
 
 def append_rejects(layout: StoreLayout, rejects: Sequence[Reject], run_id: str) -> pd.DataFrame:
-    """Add this run's rejects to the table (atomically); one already recorded keeps its first run."""
+    """Add this run's rejects to the table (atomically); one recorded by an earlier run keeps its first row."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     new = pd.DataFrame([asdict(r) | {"run_id": run_id, "recorded_at": now} for r in rejects], columns=REJECT_COLUMNS)
     old = read_rejects(layout)
-    table = pd.concat([old, new], ignore_index=True) if len(old) else new
-    table = table.drop_duplicates(_KEY, keep="first").reset_index(drop=True)
+    if len(old):  # what an earlier run recorded keeps its row; within one run every reject counts (one per chip)
+        seen = set(zip(old["kind"], old["subject"], old["reason"], strict=True))
+        new = new[[k not in seen for k in zip(new["kind"], new["subject"], new["reason"], strict=True)]]
+        table = pd.concat([old, new], ignore_index=True)
+    else:
+        table = new
     fs, root = layout.fs()
     write_parquet(fs, f"{root}/rejects.parquet", table)
     return table
