@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.ingest.quicklook import optical_rgb, sar_composite, write_quicklook
 from pipeline.ingest.raster_load import item_epsg, load_items
 from pipeline.catalog.search import StacQuery, search_items
+from pipeline.logs import install_redaction
 
 log = logging.getLogger("demo")
 
@@ -38,6 +39,7 @@ class DemoConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stac-url", default=os.environ.get("STAC_API_URL"), help="STAC API root URL")
     parser.add_argument("--out", type=Path, default=Path(".stack") / "demo", help="folder for the quicklook PNG")

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.logs import install_redaction
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,6 +43,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="ingestion YAML (see configs/)")
     parser.add_argument("--interval", type=float, required=True, help="seconds between the starts of two runs")

@@ -32,6 +32,7 @@ from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, 
 from pipeline.config import to_dict
 from pipeline.progress import Progress
 from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
+from pipeline.logs import install_redaction
 from pipeline.store.shards import StoreLayout, read_index
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
     trainer = _build_trainer(cfg, rank=rank, device=device)
     resumes: list[dict[str, Any]] = []
     if restore:
-        state = load_checkpoint(trainer, restore)
+        state = load_checkpoint(trainer, restore, rank=rank)  # rank > 0: its own random streams, not rank 0's
         resumes = list(read_state(restore)["extra"].get("resumes", []))
         resumes.append({"step": state.step, "target_sha256": weights_digest(trainer.jepa.target)})
         log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in)", rank, restore, state.step,
@@ -167,6 +168,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
 
     from pipeline.load.ray_loader import RayEpochs
 
+    install_redaction()  # Ray Train workers log too
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

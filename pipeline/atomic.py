@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 import pandas as pd
 
-__all__ = ["is_local", "read_parquet", "write_bytes", "write_json", "write_parquet"]
+__all__ = ["create_new", "is_local", "read_parquet", "write_bytes", "write_json", "write_parquet"]
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -40,6 +40,33 @@ def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
                 fs.rm(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+def create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create `path` holding `data` only if it does not exist, atomically: nobody ever sees it empty.
+
+    Local: the bytes go to a temporary file that is hard-linked to `path` (`link` fails if `path` exists) and
+    then unlinked; object stores: one conditional PUT (`If-None-Match: *`, s3fs's mode "xb").
+
+    Raises:
+        FileExistsError: `path` exists.
+    """
+    if is_local(fs):
+        import os
+
+        parent = path.rsplit("/", 1)[0]
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        with fs.open(path, "xb") as f:
+            f.write(data)
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

@@ -6,13 +6,23 @@ free loopback ports in a temporary state folder, and stopped at the end of the s
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from infra.local.samples import build_sample_catalogs
+from infra.local.services import free_port
 from infra.local.stack import LocalStack, StackConfig
 
 # Ray stays on loopback only when this is set for every Ray process, the test process included.
@@ -41,6 +51,85 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory, catalog_files: tuple[P
 def stack_env(local_stack: LocalStack) -> dict[str, str]:
     """Client variables of the session stack (what its env file exports)."""
     return local_stack.env()
+
+
+@contextmanager
+def _serve(folder: Path, collections: Mapping[str, tuple[Path, Sequence[dict]]]) -> Iterator[str]:
+    """`rustac serve` on 127.0.0.1 over collections (id -> (collection.json, item dicts)); yields its URL."""
+    files: list[str] = []
+    for name, (collection_json, rows) in collections.items():
+        sub = folder / name
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "collection.json").write_text(collection_json.read_text())
+        (sub / "items.ndjson").write_text("".join(json.dumps(dict(r) | {"links": []}) + "\n" for r in rows))
+        files += [str(sub / "collection.json"), str(sub / "items.ndjson")]
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "rustac"), "serve", "--addr", f"127.0.0.1:{port}",
+                               *files], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("rustac serve did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def serve_stac() -> Callable[[Path, Mapping[str, tuple[Path, Sequence[dict]]]], AbstractContextManager[str]]:
+    """A context manager serving given collections and items with `rustac serve` (a test's own STAC API)."""
+    return _serve
+
+
+@pytest.fixture(scope="session")
+def sample_items(catalog_files: tuple[Path, ...]) -> Callable[[str], tuple[Path, list[dict]]]:
+    """collection id -> (its collection.json, its item dicts) in the session's sample catalogs."""
+
+    def get(collection: str) -> tuple[Path, list[dict]]:
+        items = next(p for p in catalog_files if p.parent.name == collection and p.suffix == ".ndjson")
+        return items.parent / "collection.json", [json.loads(x) for x in items.read_text().splitlines()]
+
+    return get
+
+
+class _TokenService(BaseHTTPRequestHandler):
+    """Planetary Computer's token protocol on loopback: a fresh SAS token per request (`…&sig=SECRET<n>`)."""
+
+    calls: list[str] = []
+    lifetime = timedelta(hours=1)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server API
+        type(self).calls.append(self.path)
+        n = len(type(self).calls)
+        expiry = datetime.now(timezone.utc) + type(self).lifetime
+        body = json.dumps({"msft:expiry": expiry.isoformat().replace("+00:00", "Z"),
+                           "token": f"st=2026&se=2027&sp=rl&sv=2021&sr=c&sig=SECRET{n}"}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def sas_service() -> Iterator[tuple[str, list[str]]]:
+    """A local SAS token endpoint: (its `sas_url`, the paths it was asked for)."""
+    handler = type("TokenService", (_TokenService,), {"calls": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/api/sas/v1", handler.calls
+    server.shutdown()
+    server.server_close()
 
 
 LANDCOVER_AREA = "bbox=[-78.7687079,35.772,-78.6914381,35.8061192]"  # the northern third of the scene

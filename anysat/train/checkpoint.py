@@ -6,15 +6,21 @@ Layout (no pickled code anywhere; weights are safetensors, small state JSON):
     target.safetensors                               the EMA target encoder
     jepa.safetensors                                 predictor and modality-mask token
     optimizer.pt                                     AdamW state (`torch.load(weights_only=True)`)
-    rng.safetensors                                  mask-generator and torch CPU RNG states
+    rng.safetensors                                  rank 0's mask-generator and torch CPU RNG states
     state.json                                       step, data position, samples, schedule, configs, loss history
 
 `save_checkpoint` writes into a sibling temporary directory and renames it into place, so a crash never leaves a
 half-written checkpoint under the final name.
+
+Random streams after a resume: rank 0 (the rank that writes checkpoints) restores its saved generator states,
+so a one-process run continues exactly; every other rank derives its own streams from (its mask seed, its rank,
+the step), so DDP ranks never share rank 0's masks after a restart (each rank's mask seed is the JEPA seed +
+rank, as when the run started).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import asdict
@@ -26,7 +32,7 @@ import torch
 from anysat.model import AnySat
 from anysat.train.loop import Trainer, TrainState
 
-__all__ = ["STATE_FILE", "load_checkpoint", "read_state", "save_checkpoint"]
+__all__ = ["STATE_FILE", "load_checkpoint", "rank_seed", "read_state", "save_checkpoint"]
 
 STATE_FILE = "state.json"
 
@@ -80,8 +86,17 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_checkpoint(trainer: Trainer, directory: str | Path) -> TrainState:
+def rank_seed(seed: int, rank: int, step: int, stream: str) -> int:
+    """A 63-bit seed for one random stream of one rank at one step (independent across ranks, steps and streams)."""
+    digest = hashlib.sha256(json.dumps([seed, rank, step, stream]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def load_checkpoint(trainer: Trainer, directory: str | Path, *, rank: int = 0) -> TrainState:
     """Restore a trainer in place from `save_checkpoint`'s directory (same model and optimiser layout).
+
+    `rank` 0 restores the saved random states (an exact continuation); another rank derives its own mask and
+    torch streams from its mask seed, rank and the step (`rank_seed`), never rank 0's.
 
     Raises:
         FileNotFoundError: `directory` is not a checkpoint.
@@ -106,8 +121,13 @@ def load_checkpoint(trainer: Trainer, directory: str | Path) -> TrainState:
         raise RuntimeError(f"checkpoint {src}: predictor weights do not fit (missing {own}, unexpected {unexpected})")
     trainer.optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location=device, weights_only=True))
     trainer.scheduler.load_state_dict({**payload["scheduler"], "lr_lambdas": [None]})
-    rng = load_file(str(src / "rng.safetensors"))
-    jepa.generator.set_state(rng["mask_generator"])
-    torch.set_rng_state(rng["torch"])
     trainer.state = TrainState(**payload["state"])
+    if rank == 0:
+        rng = load_file(str(src / "rng.safetensors"))
+        jepa.generator.set_state(rng["mask_generator"])
+        torch.set_rng_state(rng["torch"])
+    else:
+        step = trainer.state.step
+        jepa.generator.manual_seed(rank_seed(jepa.config.seed, rank, step, "masks"))
+        torch.manual_seed(rank_seed(jepa.config.seed, rank, step, "torch"))
     return trainer.state

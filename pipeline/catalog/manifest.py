@@ -19,6 +19,7 @@ import fsspec
 import pandas as pd
 import pystac
 
+from pipeline.atomic import write_parquet
 from pipeline.errors import ManifestError
 from pipeline.catalog.proj import item_epsg
 from pipeline.catalog.signing import redact, unsigned
@@ -36,11 +37,14 @@ class Manifest:
         version: sha256 hex digest of the canonical rows (the dataset version).
         url: Where the Parquet file lives.
         rows: One row per (modality, item), sorted, with the columns in `COLUMNS`.
+        conflicts: Ids the search returned twice with different content (e.g. an item updated between two
+            pages); neither copy is trusted, the run records them as `duplicate_item` rejects.
     """
 
     version: str
     url: str
     rows: pd.DataFrame
+    conflicts: tuple[str, ...] = ()  # item ids returned twice with different content, left out (ambiguous)
 
     def items(self, modality: str | None = None) -> list[pystac.Item]:
         """The items (unsigned hrefs), optionally of one modality, in row order."""
@@ -73,15 +77,14 @@ def manifest_rows(items_by_modality: Mapping[str, Sequence[pystac.Item]]) -> pd.
                 "item_json": json.dumps(raw, sort_keys=True, separators=(",", ":")),
             })  # fmt: skip
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    dupes = frame.duplicated(["modality", "collection", "item_id"])
-    if dupes.any():  # paging can repeat an item; keep one, identical rows only
-        repeated = frame[frame.duplicated(["modality", "collection", "item_id"], keep=False)]
-        if repeated.groupby(["modality", "collection", "item_id"])["item_json"].nunique().max() > 1:
-            raise ManifestError("the search returned the same item id twice with different content; "
-                                "re-run the search or pin the catalog")  # fmt: skip
-        frame = frame[~dupes]
+    key = ["modality", "collection", "item_id"]
+    frame = frame[~frame.duplicated([*key, "item_json"])]  # paging can repeat an item: identical copies are one
+    conflicting = frame.duplicated(key, keep=False)  # the same id with different content: trust neither
+    conflicts = tuple(sorted(set(frame.loc[conflicting, "item_id"])))
+    frame = frame[~conflicting]
     frame = frame.sort_values(["modality", "collection", "item_id"], kind="stable").reset_index(drop=True)
     frame["epsg"] = frame["epsg"].astype("Int64")
+    frame.attrs["conflicts"] = conflicts  # read by freeze_manifest (not part of the rows or the version)
     return frame
 
 
@@ -115,16 +118,10 @@ def freeze_manifest(items_by_modality: Mapping[str, Sequence[pystac.Item]], *, r
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     try:
         if not fs.exists(path):
-            buffer = io.BytesIO()
-            rows.to_parquet(buffer, index=False)
-            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            tmp = f"{path}.tmp-{hashlib.sha1(buffer.getvalue()).hexdigest()[:8]}"
-            with fs.open(tmp, "wb") as f:
-                f.write(buffer.getvalue())
-            fs.mv(tmp, path)  # local: atomic rename; object stores: copy, then the tmp object is removed
+            write_parquet(fs, path, rows)  # local: temporary file + rename; object stores: one PUT
     except OSError as err:
         raise ManifestError(f"could not write the manifest to {url}: {redact(str(err))}") from err
-    return Manifest(version, url, rows)
+    return Manifest(version, url, rows, tuple(rows.attrs.get("conflicts", ())))
 
 
 def read_manifest(url: str, *, storage_options: Mapping[str, Any] | None = None) -> Manifest:

@@ -24,7 +24,7 @@ from urllib3 import Retry
 from pipeline.errors import StacError
 from pipeline.times import try_instant
 
-__all__ = ["StacQuery", "iter_items", "open_client", "search_items", "updated_predicate"]
+__all__ = ["StacQuery", "iter_items", "open_client", "parse_item", "search_items", "updated_predicate"]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,25 @@ def _cloud_filter_mode(client: Client) -> str:
     return "client"
 
 
-def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[pystac.Item]:
+def parse_item(raw: object, *, root: Client | None = None) -> tuple[pystac.Item | None, tuple[str, str]]:
+    """A STAC item from its JSON, or None and (id, reason) when it is not a valid one (never raises)."""
+    item_id = str(raw.get("id", "?")) if isinstance(raw, dict) else "?"
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
+        if not isinstance(raw.get("id"), str) or not raw["id"]:
+            raise ValueError(f"its id is {raw.get('id')!r}, not a non-empty string")
+        return pystac.Item.from_dict(raw, root=root, preserve_dict=False), (item_id, "")
+    except Exception as err:  # noqa: BLE001 - pystac raises several types on malformed items
+        return None, (item_id, f"not a valid STAC item: {type(err).__name__}: {err}")
+
+
+def iter_items(query: StacQuery, *, client: Client | None = None,
+               invalid: list[tuple[str, str]] | None = None) -> Iterator[pystac.Item]:  # fmt: skip
     """Yield the items matching `query`, page by page, following `next` links (GET or POST with a token).
+
+    An item the server returns that is not a valid STAC item (e.g. `datetime: null` without
+    `start_datetime`/`end_datetime`) is skipped and appended to `invalid` as (id, reason), never a crash.
 
     Raises:
         StacError: The server failed after retries.
@@ -133,7 +150,13 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
     since = None if query.updated_after is None or updated_on_server else try_instant(query.updated_after, strict=True)
     yielded = 0
     try:
-        for item in client.search(**kwargs).items():  # type: ignore[arg-type]
+        for raw in client.search(**kwargs).items_as_dicts():  # type: ignore[arg-type]
+            item, why = parse_item(raw, root=client)
+            if item is None:
+                log.warning("%s returned an invalid item: %s", query.url, why)
+                if invalid is not None:
+                    invalid.append(why)
+                continue
             if mode == "client" and not _cloud_ok(item, query.max_cloud_cover):
                 continue
             if since is not None and not _updated_since(item, since):
@@ -146,9 +169,10 @@ def iter_items(query: StacQuery, *, client: Client | None = None) -> Iterator[py
         raise StacError(f"STAC search at {query.url} failed: {err}") from err
 
 
-def search_items(query: StacQuery, *, client: Client | None = None) -> list[pystac.Item]:
-    """All items matching `query` (see `iter_items`), in the server's order."""
-    return list(iter_items(query, client=client))
+def search_items(query: StacQuery, *, client: Client | None = None,
+                 invalid: list[tuple[str, str]] | None = None) -> list[pystac.Item]:  # fmt: skip
+    """All items matching `query` (see `iter_items`; invalid items go to `invalid`), in the server's order."""
+    return list(iter_items(query, client=client, invalid=invalid))
 
 
 def _cloud_ok(item: pystac.Item, max_cloud_cover: float | None) -> bool:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import StacError
+from pipeline.logs import redact_secrets
 
 __all__ = ["PlanetaryComputerSigner", "is_azure_blob", "redact", "unsigned"]
 
@@ -35,17 +36,28 @@ def is_azure_blob(href: str) -> bool:
     return host.endswith(".blob.core.windows.net")
 
 
+_SIGNING_KEYS = re.compile(r"^(sig|se|st|sp|sv|sr|spr|sip|ske|skoid|sktid|skt|sks|skv|ss|srt|token|signature"
+                           r"|access_token|x-amz-[a-z-]+|x-goog-[a-z-]+)$", re.IGNORECASE)  # fmt: skip
+
+
 def unsigned(href: str) -> str:
-    """The href without any query string if it is an Azure blob URL (SAS tokens live there); else unchanged."""
-    if not is_azure_blob(href):
-        return href
+    """The href without signature: no query string for an Azure blob URL (SAS tokens live there), and for any
+    other URL its signing parameters (SAS, `X-Amz-*`, `X-Goog-*`, `token`, `signature`) removed."""
     parts = urlsplit(href)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    if is_azure_blob(href):
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    if not parts.query:
+        return href
+    kept = [p for p in parts.query.split("&") if not _SIGNING_KEYS.match(p.split("=", 1)[0])]
+    if len(kept) == len(parts.query.split("&")):
+        return href
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(kept), parts.fragment))
 
 
 def redact(text: str) -> str:
-    """Replace SAS/token query parameters in `text` by `<redacted>` (for logs, errors and written files)."""
-    return _SAS_PARAMS.sub(lambda m: f"{m.group(1)}{m.group(2)}=<redacted>", text)
+    """Replace SAS/token query parameters, URL credentials and keys in `text` by `<redacted>` (for logs, errors
+    and written files; `pipeline.logs.redact_secrets`)."""
+    return redact_secrets(_SAS_PARAMS.sub(lambda m: f"{m.group(1)}{m.group(2)}=<redacted>", text))
 
 
 @dataclass

@@ -11,6 +11,7 @@ derives day of year). A chip that cannot be used comes back as a `Reject` with i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ import pystac
 from pipeline.times import try_instant
 from pipeline.errors import ChipError
 from pipeline.ingest.grid import ChipPlan, Reject
+from pipeline.ingest.raster_checks import MetadataMismatch, snap_bounds
 from pipeline.ingest.raster_reader import ChipReader
 from pipeline.store.packing import Packing
 from pipeline.store.records import Chip, ModalityArray
@@ -58,6 +60,8 @@ class SensorSpec:
         cloud: Optional per-pixel quality mask.
         pack: Let the store keep scaled integer DN as uint16 (CF scale_factor/add_offset) instead of float32
             when that is lossless; False keeps float32.
+        required: A chip is unusable without this modality; an optional one (False) that has no usable item
+            is left out of the chip (with a `no_usable_item` reject), the chip is kept.
     """
 
     modality: str
@@ -71,6 +75,7 @@ class SensorSpec:
     nodata: float | None = 0
     cloud: CloudMask | None = None
     pack: bool = True
+    required: bool = True
 
     def packing(self, raw_dtype: np.dtype) -> Packing | None:
         """How the prepared float32 values relate to integer DN, when the store may pack them (else None).
@@ -108,11 +113,27 @@ def _baseline_offset(item: pystac.Item) -> float:
         raise ChipError(f"item {item.id} has an unreadable s2:processing_baseline {baseline!r}") from None
 
 
-def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
-             reader: ChipReader) -> tuple[ModalityArray, bool]:  # fmt: skip
+def _window(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan, reader: ChipReader) -> tuple[float, ...]:
+    """The chip's window for one sensor: its cell snapped onto the pixel grid of the sensor's first asset.
+
+    Output pixels then coincide with source pixels (Landsat grids sit at 30 k + 15 m, chip corners on multiples
+    of 30 m), so nothing is resampled and nothing is shifted; a raster in another CRS keeps the cell (and is
+    resampled, nearest, by the reprojecting path).
+    """
+    key = spec.assets[0].split(".")[0]
+    for item in items:  # the first item whose raster opens gives the grid of the whole series
+        origin = reader.pixel_origin(item, key, plan.epsg) if key in item.assets else None
+        if origin is not None:
+            return snap_bounds(plan.bounds, spec.res_m, origin)
+    return plan.bounds
+
+
+def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan, reader: ChipReader,
+             window: tuple[float, ...] | None = None) -> tuple[ModalityArray, bool]:  # fmt: skip
     """The prepared modality and whether any pixel had data before the cloud mask."""
     assets = list(spec.assets) + ([spec.cloud.asset] if spec.cloud else [])
-    values = np.stack([reader.read_item(item, assets, epsg=plan.epsg, bounds=plan.bounds, resolution=spec.res_m)
+    bounds = tuple(window or plan.bounds)
+    values = np.stack([reader.read_item(item, assets, epsg=plan.epsg, bounds=bounds, resolution=spec.res_m)  # type: ignore[arg-type]
                        for item in items])  # [T, C(+1), H, W]  # fmt: skip
     raw = values[:, : len(spec.assets)]  # [T, C, H, W]
     valid = np.ones((raw.shape[0], raw.shape[2], raw.shape[3]), dtype=bool)
@@ -125,6 +146,11 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
                            dtype=np.float32)[:, None, None, None]  # fmt: skip
         data = (data - offsets) * np.float32(spec.scale)
     if spec.to_db:
+        finite = data[np.isfinite(data) & valid[:, None]]
+        if finite.size and float((finite <= 0).mean()) > 0.5:  # linear power is > 0; dB of backscatter mostly < 0
+            raise ChipError(f"item {items[0].id}: {float((finite <= 0).mean()):.0%} of the {spec.modality} values are "
+                            "<= 0, as in dB, but the sensor declares linear power (to_db); set to_db: false for "
+                            "a dB collection")  # fmt: skip
         positive = np.all(data > 0, axis=1)
         valid &= positive
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -141,21 +167,29 @@ def _prepare(spec: SensorSpec, items: Sequence[pystac.Item], plan: ChipPlan,
         data = raw  # keep 8-bit imagery as it is
     dates = np.array([np.datetime64(_when(i).replace(tzinfo=None), "s") for i in items], dtype="datetime64[s]")
     packing = spec.packing(raw.dtype) if data.dtype == np.float32 else None
-    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m, packing), has_data
+    origin = None if bounds == tuple(plan.bounds) else (bounds[0], bounds[3])
+    return ModalityArray(data, valid, dates, tuple(i.id for i in items), spec.bands, spec.res_m, packing, origin), has_data
 
 
 def _read_error_kind(err: ChipError) -> str:
     """Name the reason of a read failure from its type or GDAL's / the loader's message."""
     if isinstance(err, TransientReadError):
         return "transient_io"
+    if isinstance(err, MetadataMismatch):
+        return "metadata_mismatch"
     text = str(err).lower()
     if "has no asset" in text:
         return "missing_asset"
     if "processing_baseline" in text:
         return "bad_metadata"
+    if "but the sensor declares linear power" in text:
+        return "wrong_units"
+    if re.search(r"\b(401|403)\b|access denied|forbidden|authenticationfailed|signature", text):
+        return "access_denied"  # an expired or missing token, or no permission: not a deleted file
     if "no such file" in text or "404" in text or "does not exist" in text or "not found" in text:
         return "href_not_found"
-    if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text:
+    if "not recognized as" in text or "not a supported file format" in text or "tiff" in text and "error" in text \
+            or "ireadblock failed" in text or "tiffread" in text:  # fmt: skip (a truncated or damaged tile)
         return "corrupt_raster"
     return "read_error"
 
@@ -165,7 +199,7 @@ def _concat(mods: Sequence[ModalityArray]) -> ModalityArray:
         return mods[0]
     return ModalityArray(np.concatenate([m.data for m in mods]), np.concatenate([m.valid for m in mods]),
                          np.concatenate([m.dates for m in mods]), tuple(i for m in mods for i in m.item_ids),
-                         mods[0].bands, mods[0].res_m, mods[0].packing)  # fmt: skip
+                         mods[0].bands, mods[0].res_m, mods[0].packing, mods[0].origin)  # fmt: skip
 
 
 def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping[str, SensorSpec], *,
@@ -183,7 +217,8 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
 
     Returns:
         The chip (None when unusable) and the rejects, each with its reason: per item `missing_item`,
-        `missing_asset`, `href_not_found`, `corrupt_raster`, `bad_metadata`, `read_error`, `transient_io`
+        `missing_asset`, `href_not_found`, `corrupt_raster`, `bad_metadata`, `metadata_mismatch` (CRS, shape,
+        transform, bands, data type or media type disagreeing with the file), `read_error`, `transient_io`
         (transient failures outlasted the retries), `all_nodata`, `fully_cloudy`; per chip `no_usable_item`
         (a modality kept none of its items) or `no_modality`.
     """
@@ -200,9 +235,10 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
                     for i in ids if i not in items]  # fmt: skip
         chosen = sorted((items[i] for i in ids if i in items), key=lambda it: (_when(it), it.id))
         good = []
+        window = _window(spec, chosen, plan, reader)  # one grid for the whole series
         for item in chosen:
             try:
-                mod, has_data = _prepare(spec, [item], plan, reader)
+                mod, has_data = _prepare(spec, [item], plan, reader, window)
             except ChipError as err:
                 rejects.append(Reject(_read_error_kind(err), item.id, f"{modality}: {redact(str(err))}"))
                 continue
@@ -212,6 +248,10 @@ def load_chip(plan: ChipPlan, items: Mapping[str, pystac.Item], sensors: Mapping
                 continue
             good.append(mod)
         if not good:
+            if not spec.required:  # an optional modality: the chip is kept without it
+                rejects.append(Reject("no_usable_item", plan.chip_id, f"none of its {len(ids)} {modality} items is "
+                                      f"usable; {modality} is optional, the chip is kept without it"))  # fmt: skip
+                continue
             rejects.append(Reject("no_usable_item", plan.chip_id, f"none of its {len(ids)} {modality} items is usable"))
             return None, rejects
         modalities[modality] = _concat(good)

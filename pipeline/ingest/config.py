@@ -13,6 +13,7 @@ from pipeline.ingest.chips import CloudMask, SensorSpec
 from pipeline.ingest.grid import ChipGrid
 from pipeline.times import parse_interval
 from pipeline.ingest.labels import LABELS, LabelSource
+from pipeline.store.stats import DB_RANGE, REFLECTANCE_RANGE
 
 __all__ = ["IngestConfig", "LabelSource", "SensorSource"]
 
@@ -52,6 +53,9 @@ class SensorSource:
         sign: `planetary-computer` to sign Azure hrefs right before reading, or empty.
         pack: Store scaled integer DN (reflectance) as uint16 with CF scale_factor/add_offset when lossless;
             False stores float32.
+        stats_range: Histogram range (low, high) of the stored values in the statistics; None = reflectance
+            (−0.5, 2.5) when `scale` is set, dB (−60, 40) when `to_db`, else the dtype's (8-bit: 0–256). Declared,
+            never guessed from the pixels, so every shard's histograms merge.
     """
 
     modality: str
@@ -72,8 +76,12 @@ class SensorSource:
     cloud_bits: tuple[int, ...] = ()
     sign: str = ""
     pack: bool = True
+    stats_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.stats_range is not None and not self.stats_range[0] < self.stats_range[1]:
+            raise ConfigError(f"sensor {self.modality!r}: stats_range must be (low, high) with low < high, got "
+                             f"{self.stats_range}")  # fmt: skip
         if not self.assets:
             raise ConfigError(f"sensor {self.modality!r} needs at least one asset (asset key -> band name)")
         if self.res_m <= 0 or self.max_dates < 1:
@@ -84,13 +92,21 @@ class SensorSource:
         if self.sign not in ("", "planetary-computer"):
             raise ConfigError(f"sensor {self.modality!r}: sign must be '' or 'planetary-computer', got {self.sign!r}")
 
+    def histogram_range(self) -> tuple[float, float] | None:
+        """The statistics' histogram range of this sensor's stored values (see `stats_range`)."""
+        if self.stats_range is not None:
+            return (float(self.stats_range[0]), float(self.stats_range[1]))
+        if self.to_db:
+            return DB_RANGE
+        return REFLECTANCE_RANGE if self.scale is not None else None
+
     def spec(self) -> SensorSpec:
         """The chip loader's view of this sensor."""
         cloud = CloudMask(self.cloud_asset, tuple(self.cloud_classes), tuple(self.cloud_bits)) if self.cloud_asset \
             else None  # fmt: skip
         return SensorSpec(self.modality, tuple(self.assets), tuple(self.assets.values()), self.res_m,
                           scale=self.scale, offset=self.offset, harmonize_s2=self.harmonize_s2, to_db=self.to_db,
-                          nodata=self.nodata, cloud=cloud, pack=self.pack)  # fmt: skip
+                          nodata=self.nodata, cloud=cloud, pack=self.pack, required=self.required)  # fmt: skip
 
 
 @dataclass(frozen=True)

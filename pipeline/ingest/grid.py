@@ -12,8 +12,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
+import pandas as pd
 from pyproj import Transformer
 from shapely.geometry import box, shape
 from shapely.ops import transform as shp_transform
@@ -79,6 +80,23 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+def _bbox(row: object) -> list[float] | None:
+    """The item's 2D bbox [w, s, e, n] (a 3D one reduced), or None when it has none."""
+    try:
+        raw = json.loads(getattr(row, "bbox", "null") or "null")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(raw, list) or len(raw) not in (4, 6):
+        return None
+    return [float(v) for v in (raw if len(raw) == 4 else [raw[0], raw[1], raw[3], raw[4]])]
+
+
+def _contains(bbox: list[float], bounds: tuple[float, ...], tol: float = 1e-6) -> bool:
+    """True when `bbox` holds `bounds` (a bbox crossing the antimeridian, west > east, holds nothing here)."""
+    w, s, e, n = bbox
+    return w - tol <= bounds[0] and s - tol <= bounds[1] and bounds[2] <= e + tol and bounds[3] <= n + tol
+
+
 def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, float, float],
                required: Sequence[str], max_dates: Mapping[str, int] | None = None,
                time_range: tuple[datetime | None, datetime | None] | None = None) -> tuple[list[ChipPlan], list[Reject]]:  # fmt: skip
@@ -93,14 +111,19 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
         time_range: Items outside it are rejected (`dates_out_of_range`); a None end is open.
 
     Returns:
-        Chips sorted by id, and the rejects.
+        Chips sorted by id, and the rejects (`no_datetime`, `no_crs`, `dates_out_of_range`,
+        `invalid_geometry` — also a footprint crossing the antimeridian unsplit —, `bbox_mismatch`,
+        `outside_area`, `no_complete_chip`, and `duplicate_item` for ids the search returned twice with
+        different content).
     """
     west, south, east, north = area
     epsg = grid.epsg or utm_epsg((west + east) / 2, (south + north) / 2)
     to_grid = Transformer.from_crs(4326, epsg, always_xy=True).transform
     to_wgs = Transformer.from_crs(epsg, 4326, always_xy=True).transform
     area_poly = shp_transform(to_grid, box(west, south, east, north))
-    rejects: list[Reject] = []
+    rejects: list[Reject] = [Reject("duplicate_item", i, "the search returned this item id twice with different "
+                                    "content (updated between pages?); neither copy is used")
+                             for i in manifest.conflicts]  # fmt: skip
     footprints: dict[str, list[tuple[str, object, datetime, float]]] = {}
     for row in manifest.rows.itertuples(index=False):
         when = try_instant(row.datetime)
@@ -118,14 +141,29 @@ def plan_chips(manifest: Manifest, *, grid: ChipGrid, area: tuple[float, float, 
             geom = shape(json.loads(row.geometry))
             if geom.is_empty or not geom.is_valid:
                 raise ValueError("empty or invalid geometry")
+            gw, gs, ge, gn = geom.bounds
+            if gw < -180 or ge > 180 or gs < -90 or gn > 90 or ge - gw > 180:
+                raise ValueError(f"its bounds {[round(v, 6) for v in geom.bounds]} are not a footprint in WGS84 "
+                                 "degrees (or it crosses the antimeridian without being split there)")  # fmt: skip
             footprint = shp_transform(to_grid, geom)
-        except (ValueError, TypeError, AttributeError) as err:
+            if not footprint.is_valid or not all(math.isfinite(v) for v in footprint.bounds):
+                raise ValueError(f"it does not project onto the EPSG:{epsg} grid")
+        except Exception as err:  # noqa: BLE001 - shapely/pyproj raise many types on malformed GeoJSON
             rejects.append(Reject("invalid_geometry", row.item_id, f"its footprint cannot be used: {err}"))
+            continue
+        bbox = _bbox(row)
+        if bbox is not None and not _contains(bbox, geom.bounds):
+            rejects.append(Reject("bbox_mismatch", row.item_id, f"its bbox {bbox} does not contain its geometry "
+                                  f"{[round(v, 6) for v in geom.bounds]}; the metadata disagree"))  # fmt: skip
             continue
         if not footprint.intersects(area_poly):
             rejects.append(Reject("outside_area", row.item_id, "its footprint does not intersect the area"))
             continue
-        cover = float(row.cloud_cover) if row.cloud_cover is not None and not math.isnan(row.cloud_cover) else 0.0
+        try:
+            cover = 0.0 if row.cloud_cover is None or pd.isna(row.cloud_cover) else float(row.cloud_cover)
+        except (TypeError, ValueError):
+            rejects.append(Reject("bad_metadata", row.item_id, f"eo:cloud_cover {row.cloud_cover!r} is not a number"))
+            continue
         footprints.setdefault(row.modality, []).append((row.item_id, footprint, when, cover))
     size, step = grid.chip_size_m, grid.align_m
     minx, miny, maxx, maxy = area_poly.bounds

@@ -25,37 +25,34 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
-import pystac
 
-from pipeline.config import to_dict
+from pipeline.atomic import write_json
 from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.times import parse_interval, try_instant
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
-from pipeline.ingest.run import shard_plans, write_quicklooks, write_shards, write_table
-from pipeline.ingest.lease import Lease
-from pipeline.catalog.manifest import Manifest, freeze_manifest, manifest_rows, read_manifest
+from pipeline.ingest.delta import KEY, changed_rows, items_of, parse_time, search_new, watermarks
+from pipeline.ingest.run import merged_shard_stats, shard_plans, write_config, write_quicklooks, write_shards, write_table
+from pipeline.ingest.lease import Lease, LeaseLost, default_owner
+from pipeline.ingest.rejects import append_rejects
+from pipeline.catalog.manifest import freeze_manifest, read_manifest
 from pipeline.catalog.signing import redact
-from pipeline.catalog.search import StacQuery, search_items
-from pipeline.ingest.state import DatasetState, RunRecord, new_run_id, read_runs, read_state, record_run, write_state
+from pipeline.ingest.state import (DatasetState, RunRecord, append_unusable, new_run_id, read_runs, read_state, read_unusable,
+                                   record_run, write_state)
 from pipeline.store.superseded import append_superseded, read_superseded
 from pipeline.store.stats import merge_stats, stats_from_json, stats_to_json
-from pipeline.store.shards import StoreLayout, read_index, rebuild_index
+from pipeline.store.shards import StoreLayout, clean_tmp, read_index, rebuild_index
 
 __all__ = ["IncrementalSummary", "cell_of", "default_owner", "run_incremental", "version_chips"]
 
 log = logging.getLogger(__name__)
-KEY = ["modality", "collection", "item_id"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +71,6 @@ class IncrementalSummary:
     snapshot_version: str = ""
     rejects: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def default_owner() -> str:
-    """A lease owner id: host, process id and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def cell_of(chip_id: str) -> str:
@@ -104,59 +96,6 @@ def _now(clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(clock(), timezone.utc).isoformat(timespec="seconds")
 
 
-def _search(config: IngestConfig, state: DatasetState, stac_url: str) -> tuple[dict[str, list[pystac.Item]], str]:
-    """Items acquired at or after the acquisition watermark, or updated at or after the updated watermark."""
-    begin, end = parse_interval(config.datetime).text().split("/")
-    acquired_from = state.acquired_until or begin
-    found: dict[str, list[pystac.Item]] = {}
-    for sensor in config.sensors:
-        url = sensor.stac_url or stac_url
-        if not url:
-            raise PipelineError(f"sensor {sensor.modality!r} has no stac_url and no default STAC API was given")
-        base = StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox, datetime=config.datetime,
-                         max_cloud_cover=sensor.max_cloud_cover, page_size=config.page_size)  # fmt: skip
-        items: dict[str, pystac.Item] = {}
-        end_dt, from_dt = try_instant(end), try_instant(acquired_from)
-        if end_dt is None or from_dt is None or from_dt <= end_dt:
-            for item in search_items(replace(base, datetime=f"{acquired_from}/{end}")):
-                items[item.id] = item
-        if state.updated_until:
-            for item in search_items(replace(base, updated_after=state.updated_until)):
-                items[item.id] = item
-        found[sensor.modality] = list(items.values())
-        log.info("%s: %d new or updated candidates from %s", sensor.modality, len(items), sensor.collection)
-    return found, acquired_from
-
-
-def _watermarks(rows: pd.DataFrame) -> tuple[str, str]:
-    acquired = [d for d in (try_instant(t) for t in rows["datetime"]) if d is not None]
-    updated = [d for d in (try_instant(json.loads(j).get("properties", {}).get("updated")) for j in rows["item_json"])
-               if d is not None]  # fmt: skip
-    iso = lambda ds: max(ds).astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ds else ""  # noqa: E731
-    return iso(acquired), iso(updated)
-
-
-def _delta(found: Mapping[str, list[pystac.Item]], previous: Manifest | None) -> tuple[pd.DataFrame, int, int]:
-    """Rows of the found items that are new or differ from the snapshot; counts of new and updated."""
-    rows = manifest_rows(found)
-    if previous is None or rows.empty:
-        return rows, len(rows), 0
-    old = previous.rows.set_index(KEY)["item_json"]
-    keys = list(zip(rows["modality"], rows["collection"], rows["item_id"], strict=True))
-    known = [k in old.index for k in keys]
-    same = [k in old.index and old[k] == j for k, j in zip(keys, rows["item_json"], strict=True)]
-    changed = rows[[not s for s in same]].reset_index(drop=True)
-    n_updated = sum(k and not s for k, s in zip(known, same, strict=True))
-    return changed, len(changed) - n_updated, n_updated
-
-
-def _items(rows: pd.DataFrame) -> dict[str, list[pystac.Item]]:
-    out: dict[str, list[pystac.Item]] = {}
-    for modality, item_json in zip(rows["modality"], rows["item_json"], strict=True):
-        out.setdefault(str(modality), []).append(pystac.Item.from_dict(json.loads(item_json)))
-    return out
-
-
 def _append_index(layout: StoreLayout, index: pd.DataFrame, shard_ids: list[str]) -> pd.DataFrame:
     """The index plus the given committed shards (read from their commit markers)."""
     fs, root = layout.fs()
@@ -173,26 +112,16 @@ def _append_index(layout: StoreLayout, index: pd.DataFrame, shard_ids: list[str]
     return frame
 
 
-def _shard_stats(layout: StoreLayout, shard_ids: list[str]) -> list[Any]:
-    fs, root = layout.fs()
-    parts = []
-    for shard_id in shard_ids:
-        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
-            parts.append(stats_from_json(json.loads(f.read())))
-    return parts
-
-
 def _update_stats(layout: StoreLayout, index: pd.DataFrame, new_shards: list[str], recompute: bool) -> None:
     """Merge the new shards' statistics into `stats.json` (or recompute over every committed shard)."""
     fs, root = layout.fs()
     if recompute or not fs.exists(f"{root}/stats.json"):
-        merged = merge_stats(_shard_stats(layout, list(index["shard_id"])))
+        merged = merged_shard_stats(layout, list(index["shard_id"]))
     else:
         with fs.open(f"{root}/stats.json", "r") as f:
             previous = stats_from_json(json.loads(f.read()))
-        merged = merge_stats([previous, *_shard_stats(layout, new_shards)])
-    with fs.open(f"{root}/stats.json", "w") as f:
-        f.write(json.dumps(stats_to_json(merged), sort_keys=True))
+        merged = merge_stats([previous, merged_shard_stats(layout, new_shards)])
+    write_json(fs, f"{root}/stats.json", stats_to_json(merged))
 
 
 def _superseded(index: pd.DataFrame, current: list[ChipPlan], run_id: str) -> list[dict[str, str]]:
@@ -241,8 +170,12 @@ def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options
     with lease.keep_alive() as check:
         started = _now(clock)
         record = RunRecord(new_run_id(started), lease.owner, "running", started)
+        clean_tmp(layout)  # partial shards of killed runs (we hold the lease: nobody else writes there)
         runs = read_runs(config.store, storage_options=opts)
         abandoned = runs[runs["status"] == "running"]
+        # a run that died or failed may have appended to the index without merging its statistics (or the
+        # reverse): the next run rebuilds the index from the markers and recomputes the statistics
+        recover = bool(len(runs)) and str(runs["status"].iloc[-1]) not in ("succeeded", "no_new_items")
         for row in abandoned.to_dict("records"):
             row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
             record_run(config.store, RunRecord(**row | {"status": "failed", "ended_at": started,
@@ -251,12 +184,17 @@ def run_incremental(config: IngestConfig, *, stac_url: str = "", storage_options
         record_run(config.store, record, storage_options=opts)
         try:
             summary, record = _run(config, layout, record, stac_url=stac_url, opts=opts, use_ray=use_ray,
-                                   pc_sas_url=pc_sas_url, recover=not abandoned.empty, check=check)  # fmt: skip
+                                   pc_sas_url=pc_sas_url, recover=recover, check=check)  # fmt: skip
+        except LeaseLost:
+            log.error("run %s lost the lease and stopped before writing more; the next run recovers", record.run_id)
+            raise
         except BaseException as err:
+            check()  # only the lease holder writes the runs table
             record_run(config.store, replace(record, status="failed", ended_at=_now(clock),
                                              error=redact(f"{type(err).__name__}: {err}")[:2000]),
                        storage_options=opts)  # fmt: skip
             raise
+        check()
         record_run(config.store, replace(record, ended_at=_now(clock)), storage_options=opts)
     summary = replace(summary, seconds=round(time.perf_counter() - start, 2))
     log.info("incremental ingestion done: %s", summary)
@@ -268,55 +206,71 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
          check: Callable[[], None]) -> tuple[IncrementalSummary, RunRecord]:  # fmt: skip
     state = read_state(config.store, storage_options=opts)
     previous = read_manifest(state.snapshot_manifest, storage_options=opts) if state.snapshot_manifest else None
-    found, acquired_from = _search(config, state, stac_url)
-    delta, n_new, n_updated = _delta(found, previous)
-    record = replace(record, acquired_after=acquired_from if state.acquired_until else "",
-                     acquired_before=parse_interval(config.datetime).text().split("/")[1], updated_after=state.updated_until,
-                     items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated)  # fmt: skip
+    invalid: list[tuple[str, str]] = []
+    found, windows = search_new(config, state, stac_url, invalid)
+    delta, n_new, n_updated = changed_rows(found, previous)
+    froms = [w[0] for w in windows.values()]
+    record = replace(record, acquired_after=min(froms) if all(froms) else "",
+                     acquired_before=parse_interval(config.datetime).text().split("/")[1],
+                     updated_after=min((w[1] for w in windows.values() if w[1]), default=""),
+                     items_found=sum(len(v) for v in found.values()), items_new=n_new, items_updated=n_updated,
+                     extra={"windows": {m: {"acquired_after": a, "updated_after": u} for m, (a, u) in windows.items()}})  # fmt: skip
     if delta.empty and not recover:
         log.info("nothing new or updated since %s (updated since %s)", state.acquired_until, state.updated_until)
         record = replace(record, status="no_new_items", snapshot_version=previous.version if previous else "")
         return IncrementalSummary(record.run_id, record.status, snapshot_version=record.snapshot_version), record
     if previous is None and delta.empty:
         raise PipelineError("the search found no items; widen the area, the dates or the cloud-cover limit")
-    manifest = freeze_manifest(_items(delta), root=config.store, storage_options=opts) if not delta.empty else None
+    manifest = freeze_manifest(items_of(delta), root=config.store, storage_options=opts) if not delta.empty else None
     base = previous.rows if previous is not None else delta.iloc[0:0]
     keep = base[~base.set_index(KEY).index.isin(delta.set_index(KEY).index)] if not delta.empty else base
-    snapshot = freeze_manifest(_items(pd.concat([keep, delta], ignore_index=True)), root=config.store,
+    snapshot = freeze_manifest(items_of(pd.concat([keep, delta], ignore_index=True)), root=config.store,
                                storage_options=opts)  # fmt: skip
     span = parse_interval(config.datetime)
     plans, rejects = plan_chips(snapshot, grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(span.start, span.end))  # fmt: skip
+    rejects += [Reject("invalid_item", item_id, reason) for item_id, reason in dict(invalid).items()]
     plans = version_chips(plans, snapshot.rows)
+    check()
     index = rebuild_index(layout) if recover else read_index(layout)
     stored = {c for ids in index["chip_ids"] for c in ids}
-    todo = [p for p in plans if p.chip_id not in stored]
+    unusable = read_unusable(config.store, storage_options=opts)  # read before, nothing usable: not again
+    todo = [p for p in plans if p.chip_id not in stored and p.chip_id not in unusable]
     shards = shard_plans(snapshot.version, todo, config.chips_per_shard)
     results = write_shards(config, layout, snapshot.url, {p.chip_id: p for p in todo}, shards, use_ray=use_ray,
-                           pc_sas_url=pc_sas_url)  # fmt: skip
-    check()  # still the lease holder: only now is the run's work made visible
+                           pc_sas_url=pc_sas_url, check=check)  # fmt: skip
     written = [str(r["shard_id"]) for r in results if r["status"] in ("written", "skipped")]
     for result in results:
         rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    check()  # before each step that makes the run's work visible: still the lease holder
     index = _append_index(layout, index, written)
+    check()
     _update_stats(layout, index, written, recompute=recover)
     superseded = _superseded(index, plans, record.run_id)
     known = set(read_superseded(config.store, storage_options=opts)["chip_id"])
     fresh = [s for s in superseded if s["chip_id"] not in known]
+    check()
     append_superseded(config.store, fresh, storage_options=opts)
-    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
-                                                        columns=["kind", "subject", "reason"]))  # fmt: skip
-    fs, root = layout.fs()
-    with fs.open(f"{root}/config.json", "w") as f:
-        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    check()
+    append_unusable(config.store, [c for r in results for c in json.loads(r.get("unusable") or "[]")], record.run_id,
+                    storage_options=opts)  # fmt: skip
+    check()
+    append_rejects(layout, rejects, record.run_id)
+    check()
+    write_config(layout, config)
     if config.quicklooks and written:
+        check()
         write_quicklooks(layout, index[index["shard_id"].isin(written)].reset_index(drop=True),
                          [s.modality for s in config.sensors], config.quicklooks)  # fmt: skip
-    acquired_until, updated_until = _watermarks(snapshot.rows)
+    marks = watermarks(snapshot.rows)
     manifests = state.manifests + ((manifest.version,) if manifest else ())
-    write_state(config.store, DatasetState(acquired_until, updated_until, snapshot.url, manifests, record.run_id),
+    check()
+    write_state(config.store, DatasetState(max((a for a, _ in marks.values()), default=""),
+                                           max((u for _, u in marks.values()), default=""), snapshot.url, manifests,
+                                           record.run_id,
+                                           {m: {"acquired_until": a, "updated_until": u} for m, (a, u) in marks.items()}),
                 storage_options=opts)  # fmt: skip
     counts: dict[str, int] = {}
     for r in rejects:
@@ -325,7 +279,7 @@ def _run(config: IngestConfig, layout: StoreLayout, record: RunRecord, *, stac_u
     record = replace(record, status="succeeded", chips_planned=len(plans), chips_written=chips_written,
                      chips_superseded=len(fresh), shards_written=sum(r["status"] == "written" for r in results),
                      manifest_version=manifest.version if manifest else "", snapshot_version=snapshot.version,
-                     extra={"rejects": counts})  # fmt: skip
+                     extra=dict(record.extra) | {"rejects": counts})  # fmt: skip
     summary = IncrementalSummary(record.run_id, record.status, n_new, n_updated, len(plans), chips_written,
                                  len(fresh), record.shards_written, record.manifest_version, snapshot.version,
                                  counts)  # fmt: skip

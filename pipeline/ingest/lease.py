@@ -7,7 +7,7 @@ since 2024, honoured by moto 5.2; s3fs sends it for mode "x"). Of two runs racin
 succeeds, so nothing is ever deleted or overwritten by a contender, and no conditional delete is needed.
 
 A run may take generation g+1 only when generation g is released or expired, so a crashed holder blocks the
-next run for at most one TTL. The holder renews by rewriting its own object with a later expiry (only it writes
+next run for at most one TTL (not at all on the same host: a holder whose process is gone there is taken over). The holder renews by rewriting its own object with a later expiry (only it writes
 that object) and gives up (`LeaseLost`) if a newer generation exists or if its own expiry passed before it
 renewed, by its own clock: a taker only ever sees an expired lease after that point, so two holders never
 overlap as long as clocks agree to well within the TTL. Old generations are pruned after a successful acquire.
@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+import uuid
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,9 +30,10 @@ from typing import Any
 
 import fsspec
 
+from pipeline.atomic import create_new, write_bytes
 from pipeline.errors import PipelineError
 
-__all__ = ["Lease", "LeaseHeld", "LeaseInfo", "LeaseLost"]
+__all__ = ["Lease", "LeaseHeld", "LeaseInfo", "LeaseLost", "default_owner"]
 
 log = logging.getLogger(__name__)
 KEEP_GENERATIONS = 3
@@ -60,6 +64,27 @@ class LeaseHeld(PipelineError):
 
 class LeaseLost(PipelineError):
     """The holder could not renew in time, or another run took the lease over; the holder must stop writing."""
+
+
+def default_owner() -> str:
+    """A lease owner id: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _dead_here(owner: str) -> bool:
+    """True when the owner (`host:pid:random`) ran on this host and its process no longer exists: a killed run
+    on this machine frees its lease at once instead of after its TTL (other hosts still wait for the TTL)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 def _iso(ts: float) -> str:
@@ -124,15 +149,16 @@ class Lease:
         """
         now = self.clock()
         latest = self.current()
-        if latest is not None and not latest.released and not latest.expired(now):
+        dead = latest is not None and not latest.released and _dead_here(latest.owner)
+        if latest is not None and not latest.released and not latest.expired(now) and not dead:
             raise LeaseHeld(latest)
         if latest is not None and not latest.released:
-            log.warning("taking over the expired lease of %s (expired %s)", latest.owner, latest.expires_at)
+            log.warning("taking over the %s lease of %s (expires %s)", "dead holder's" if dead else "expired",
+                        latest.owner, latest.expires_at)  # fmt: skip
         info = LeaseInfo(self.owner, (latest.generation + 1) if latest else 1, _iso(now), _iso(now + self.ttl_s))
         self._fs.makedirs(self._dir, exist_ok=True)
         try:
-            with self._fs.open(self._path(info.generation), "xb") as f:  # atomic create-if-absent
-                f.write(json.dumps(asdict(info)).encode())
+            create_new(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())  # create-if-absent
         except FileExistsError:
             raise LeaseHeld(self._read(info.generation)) from None
         self.held = info
@@ -161,8 +187,7 @@ class Lease:
         """
         held = self._check()
         info = replace(held, expires_at=_iso(self.clock() + self.ttl_s))
-        with self._fs.open(self._path(info.generation), "wb") as f:
-            f.write(json.dumps(asdict(info)).encode())
+        write_bytes(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())
         self.held = info
         return info
 
@@ -177,15 +202,15 @@ class Lease:
             self.held = None
             return
         info = replace(self.held, released=True)
-        with self._fs.open(self._path(info.generation), "wb") as f:
-            f.write(json.dumps(asdict(info)).encode())
+        write_bytes(self._fs, self._path(info.generation), json.dumps(asdict(info)).encode())
         self.held = None
         log.info("lease generation %d released by %s", info.generation, info.owner)
 
     @contextmanager
     def keep_alive(self, every_s: float | None = None) -> Iterator[Callable[[], None]]:
         """Renew in a background thread while the block runs; yields `check()`, which raises `LeaseLost` if a
-        renewal failed. The lease is released when the block ends, also on error."""
+        renewal failed (any error) or the lease was lost: call it before every step that makes work visible.
+        The lease is released when the block ends, also on error."""
         stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -193,7 +218,8 @@ class Lease:
             while not stop.wait(every_s or self.ttl_s / 3):
                 try:
                     self.renew()
-                except (LeaseLost, OSError) as err:
+                except Exception as err:  # noqa: BLE001 - any failure ends the renewals; check() reports it
+                    log.error("lease renewal failed, the run stops before its next write: %s", err)
                     failure.append(err)
                     return
 

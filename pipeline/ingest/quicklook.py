@@ -6,11 +6,15 @@ stores and by the demo. Rendering only: no I/O besides the PNG written.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import fsspec
 import numpy as np
+
+from pipeline.atomic import write_bytes
 
 __all__ = ["modality_panel", "optical_rgb", "sar_composite", "write_quicklook"]
 
@@ -75,8 +79,6 @@ def write_quicklook(path: Path | BinaryIO, panels: Sequence[tuple[str, np.ndarra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, (name, image) in zip(axes[0], panels, strict=True):
         ax.imshow(image, interpolation="nearest", cmap=None if image.ndim == 3 else "gray")
@@ -85,6 +87,11 @@ def write_quicklook(path: Path | BinaryIO, panels: Sequence[tuple[str, np.ndarra
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
+    if isinstance(path, Path):
+        write_bytes(fsspec.filesystem("file"), str(path.resolve()), buffer.getvalue())
+    else:
+        path.write(buffer.getvalue())
     return path

@@ -19,6 +19,7 @@ import xarray as xr
 
 from pipeline.catalog.proj import item_epsg as read_epsg
 from pipeline.errors import ChipError
+from pipeline.ingest.retry import describe_error
 
 __all__ = ["Backend", "Bounds", "item_epsg", "load_items"]
 
@@ -98,7 +99,7 @@ def load_items(
     except ChipError:
         raise
     except Exception as err:  # rasterio/GDAL/odc raise many types; keep the cause, name the items
-        raise ChipError(f"reading {list(assets)} of {[i.id for i in items]} failed: {err}") from err
+        raise ChipError(f"reading {list(assets)} of {[i.id for i in items]} failed: {describe_error(err)}") from err
     # One convention for both backends: x/y are pixel centres (stackstac labels top-left corners).
     arr = arr.assign_coords(x=minx + resolution * (np.arange(arr.sizes["x"]) + 0.5),
                             y=maxy - resolution * (np.arange(arr.sizes["y"]) + 0.5))  # fmt: skip

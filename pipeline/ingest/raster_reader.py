@@ -30,8 +30,9 @@ import numpy as np
 import pystac
 
 from pipeline.errors import ChipError
+from pipeline.ingest.raster_checks import check_asset, check_media_type
 from pipeline.ingest.raster_load import Bounds, load_items
-from pipeline.ingest.retry import RetryPolicy, call_with_retries
+from pipeline.ingest.retry import RetryPolicy, call_with_retries, describe_error
 
 __all__ = ["ChipReader"]
 
@@ -161,6 +162,7 @@ class ChipReader:
         slow: list[int] = []
         for key, members in groups.items():
             href = item.assets[key].href
+            self.verify(item, key, [b for _, b in members])
             got = None
             if self.fast_path:
                 bands = [b for _, b in members]
@@ -186,6 +188,27 @@ class ChipReader:
             out[c] = part
         return out
 
+    def verify(self, item: pystac.Item, key: str, bands: Sequence[int]) -> None:
+        """Check the asset's declared media type, CRS, shape, transform, bands and data types against its file.
+
+        Raises:
+            MetadataMismatch: They disagree (`pipeline.ingest.raster_checks`); ChipError: the file cannot be opened.
+        """
+        check_media_type(item, key)
+        ds, ds_epsg = self._guarded(lambda: self._dataset(item.assets[key].href), item, [key], [item.assets[key].href])
+        check_asset(item, key, bands, ds, ds_epsg)
+
+    def pixel_origin(self, item: pystac.Item, key: str, epsg: int) -> tuple[float, float] | None:
+        """A corner of the asset's pixel grid when the asset is north-up in `epsg`, else None (or unreadable)."""
+        try:
+            ds, ds_epsg = self._dataset(item.assets[key].href)
+        except Exception:  # noqa: BLE001 - the read itself retries and reports why
+            return None
+        t = ds.transform
+        if ds_epsg != epsg or t.b != 0 or t.d != 0:
+            return None
+        return (float(t.c), float(t.f))
+
     def _guarded(self, fn: Callable[[], Any], item: pystac.Item, names: Sequence[str], hrefs: Sequence[str]) -> Any:
         """Run a read with retries; name the item in non-transient failures as `load_items` does."""
         try:
@@ -193,7 +216,7 @@ class ChipReader:
         except ChipError:
             raise
         except Exception as err:  # rasterio/GDAL raise many types; keep the cause, name the item
-            raise ChipError(f"reading {list(names)} of {[item.id]} failed: {err}") from err
+            raise ChipError(f"reading {list(names)} of {[item.id]} failed: {describe_error(err)}") from err
 
     def _dataset(self, href: str) -> tuple[Any, int | None]:
         import rasterio

@@ -20,7 +20,7 @@ from typing import TypeVar
 from pipeline.errors import ChipError
 from pipeline.catalog.signing import redact
 
-__all__ = ["RetryPolicy", "TransientReadError", "call_with_retries", "is_transient", "vsi_path"]
+__all__ = ["RetryPolicy", "TransientReadError", "call_with_retries", "describe_error", "is_transient", "vsi_path"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,13 +28,16 @@ T = TypeVar("T")
 _TRANSIENT_TEXT = re.compile(
     r"HTTP response code: ?(5\d\d|429)|\((5\d\d|429)\)|timed? ?out|timeout"
     r"|connection (reset|aborted|closed)|reset by peer|broken pipe|server ?disconnected|temporarily unavailable"
-    r"|service ?unavailable|too many requests|slow ?down|throttl|incomplete ?read|internal ?error",
+    r"|service ?unavailable|too many requests|slow ?down|throttl|incomplete ?read|internal ?error"
+    r"|could not connect|failed to connect|couldn'?t connect|connection refused|could not resolve|couldn'?t resolve"
+    r"|name or service not known|temporary failure in name resolution|network is unreachable|no route to host",
     re.IGNORECASE,
 )
-_TRANSIENT_TYPES = ("TimeoutError", "ConnectionError", "ConnectionResetError", "ConnectionAbortedError",
+_TRANSIENT_TYPES = ("TimeoutError", "ConnectionError", "ConnectionRefusedError", "gaierror", "ConnectionResetError", "ConnectionAbortedError",
                     "BrokenPipeError", "FSTimeoutError", "ReadTimeoutError", "ConnectTimeoutError",
                     "EndpointConnectionError", "ServerDisconnectedError", "ClientConnectionError",
                     "ClientPayloadError", "IncompleteRead", "RemoteDisconnected")  # fmt: skip
+_MISSING_TEXT = re.compile(r"does not exist|no such file|HTTP response code: ?404", re.IGNORECASE)
 _PERMANENT_TEXT = re.compile(r"HTTP response code: ?(4(0[0-9]|1[0-9]))\b|no such file|not recognized as|does not exist",
                              re.IGNORECASE)  # fmt: skip
 
@@ -86,6 +89,21 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
+def describe_error(err: BaseException) -> str:
+    """The error's message followed by the distinct messages of its causes (GDAL's own reason of a failed read
+    is in the cause: rasterio's "Read failed. See previous exception for details." alone says nothing)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and not any(text in p for p in parts):
+            parts.append(text)
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts) or type(err).__name__
+
+
 def vsi_path(href: str) -> str | None:
     """GDAL's virtual path of a remote href (`/vsicurl/…`, `/vsis3/…`), None for local files."""
     if href.startswith(("http://", "https://")):
@@ -114,17 +132,26 @@ def call_with_retries(fn: Callable[[], T], *, policy: RetryPolicy, hrefs: Sequen
 
     prefixes = [p for p in (vsi_path(h) for h in hrefs) if p]
     uncached = os.path.commonprefix(prefixes) if prefixes else ""
-    for attempt in range(policy.max_retries + 1):
+    fresh = False  # this attempt bypasses GDAL's HTTP cache
+    attempt = -1
+    while attempt < policy.max_retries:
+        attempt += 1
         try:
-            if attempt and uncached:
+            if (attempt or fresh) and uncached:
                 with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=uncached):
                     return fn()
             return fn()
         except Exception as err:  # noqa: BLE001 - classified below; non-transient errors are re-raised unchanged
             if not is_transient(err):
+                if uncached and attempt == 0 and not fresh and _MISSING_TEXT.search(describe_error(err)):
+                    # GDAL remembers a failed open ("does not exist") for the rest of the process, also after an
+                    # outage: ask the server once more, uncached, before calling the file missing
+                    fresh, attempt = True, -1
+                    continue
                 raise
             if attempt == policy.max_retries:
-                raise TransientReadError(f"{what} still failed after {attempt + 1} attempts: {redact(str(err))}",
+                raise TransientReadError(f"{what} still failed after {attempt + 1} attempts: "
+                                         f"{redact(describe_error(err))}",
                                          attempt + 1) from err  # fmt: skip
             wait = policy.wait_s(attempt + 1)
             log.warning("%s failed transiently (%s); retry %d/%d in %.2f s", what, redact(str(err)), attempt + 1,

@@ -14,14 +14,17 @@ import io
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
 import pandas as pd
 import pystac
 
+from pipeline.atomic import write_bytes, write_json, write_parquet
 from pipeline.ingest.chips import load_chip
 from pipeline.config import to_dict
 from pipeline.ingest.config import IngestConfig
@@ -32,16 +35,20 @@ from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
 from pipeline.ingest.labels import LABELS, assign_labels, search_labels, sensor_manifest, shard_label_files
 from pipeline.catalog.manifest import Manifest, freeze_manifest, read_manifest
 from pipeline.ingest.quicklook import modality_panel, write_quicklook
+from pipeline.ingest.lease import Lease, default_owner
 from pipeline.ingest.raster_reader import ChipReader
 from pipeline.ingest.ray_shards import run_shard_tasks, start_shard_workers
+from pipeline.ingest.rejects import append_rejects
 from pipeline.store.records import Chip
 from pipeline.ingest.retry import RetryPolicy
+from pipeline.logs import install_redaction
 from pipeline.catalog.signing import PlanetaryComputerSigner, redact
 from pipeline.catalog.search import StacQuery, search_items
 from pipeline.store.stats import chip_stats, merge_stats, stats_from_json, stats_to_json
-from pipeline.store.shards import StoreLayout, is_committed, open_shard, rebuild_index, write_shard
+from pipeline.store.shards import StoreLayout, clean_tmp, is_committed, open_shard, rebuild_index, write_shard
 
-__all__ = ["IngestSummary", "run_ingest", "shard_plans", "write_quicklooks", "write_shards", "write_table"]
+__all__ = ["IngestSummary", "merged_shard_stats", "run_ingest", "shard_plans", "write_config", "write_quicklooks", "write_shards",
+           "write_table"]
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +112,27 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
     they become rejects. Statistics are computed once over the shard's chips.
     """
     sensors = {s.modality: s.spec() for s in config.sensors}
+    ranges = {s.modality: s.histogram_range() for s in config.sensors}
     retry = RetryPolicy(config.max_retries, config.retry_backoff_s, config.retry_backoff_max_s)
 
     def run(row: dict[str, Any]) -> dict[str, Any]:
+        install_redaction()  # in Ray workers too: GDAL/rasterio messages may carry signed hrefs
         shard_id, plans = str(row["shard_id"]), _plans_from_json(str(row["plans"]))
         if is_committed(layout, shard_id):
-            return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]"}
+            return {"shard_id": shard_id, "status": "skipped", "chips": 0, "bytes": 0, "rejects": "[]",
+                    "unusable": "[]"}  # fmt: skip
         version, items = _manifest_items(manifest_url, layout.storage_options)
         chips: list[Chip] = []
         rejects: list[Reject] = []
+        unusable: list[str] = []  # chips with nothing usable for permanent reasons (not worth reading again)
         with ChipReader(sign=sign, retry=retry, chips=[p.bounds for p in plans]) as reader:
             for plan in plans:
                 chip, chip_rejects = load_chip(plan, items, sensors, reader=reader)
                 rejects += chip_rejects
                 if chip is not None:
                     chips.append(chip)
+                elif not any(r.kind == "transient_io" for r in chip_rejects):
+                    unusable.append(plan.chip_id)
             extra: dict[str, bytes] = {}
             if chips and config.labels is not None:
                 extra, label_rejects = shard_label_files(plans, [c.chip_id for c in chips], items, config.labels,
@@ -128,55 +141,66 @@ def _shard_task(config: IngestConfig, layout: StoreLayout, manifest_url: str,
         info = None
         if chips:
             info = write_shard(chips, layout=layout, shard_id=shard_id, dataset_meta={"manifest": version},
-                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips)))},
+                               sidecar={"stats.json": json.dumps(stats_to_json(chip_stats(chips, ranges)))},
                                extra_files=extra)  # fmt: skip
         return {"shard_id": shard_id, "status": "written" if info else "empty", "chips": len(chips),
-                "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects])}  # fmt: skip
+                "bytes": info.bytes if info else 0, "rejects": json.dumps([asdict(r) for r in rejects]),
+                "unusable": json.dumps(unusable)}  # fmt: skip
 
     return run
 
 
 def write_table(layout: StoreLayout, name: str, frame: pd.DataFrame) -> None:
-    """Write `frame` as Parquet at `<store>/<name>`."""
+    """Write `frame` as Parquet at `<store>/<name>`, atomically."""
     fs, root = layout.fs()
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    with fs.open(f"{root}/{name}", "wb") as f:
-        f.write(buffer.getvalue())
+    write_parquet(fs, f"{root}/{name}", frame)
+
+
+def write_config(layout: StoreLayout, config: IngestConfig) -> None:
+    """`<store>/config.json`: the run's config, redacted, atomically."""
+    fs, root = layout.fs()
+    write_bytes(fs, f"{root}/config.json", (redact(json.dumps(to_dict(config), indent=2, sort_keys=True)) + "\n").encode())
 
 
 def write_quicklooks(layout: StoreLayout, index: pd.DataFrame, modalities: list[str], count: int) -> list[str]:
-    """Render the first `count` chips (first date of each modality) as PNGs under `<store>/quicklooks/`."""
+    """Render the first `count` chips (first date of each modality) as PNGs under `<store>/quicklooks/`.
+
+    A modality that no chip of a shard has (a `required: false` sensor) is simply not drawn for that shard.
+    """
     fs, root = layout.fs()
-    fs.makedirs(f"{root}/quicklooks", exist_ok=True)
     written: list[str] = []
     for url in index["url"]:
-        datasets = {m: open_shard(url, m, storage_options=layout.storage_options) for m in modalities}
-        for i, chip_id in enumerate(next(iter(datasets.values()))["chip"].values):
+        shard_fs, shard_root = fsspec.core.url_to_fs(url, **dict(layout.storage_options))
+        present = [m for m in modalities if shard_fs.exists(f"{shard_root.rstrip('/')}/{m}/zarr.json")]
+        datasets = {m: open_shard(url, m, storage_options=layout.storage_options) for m in present}
+        chip_ids = [str(c) for c in open_shard(url, "chips", storage_options=layout.storage_options)["chip"].values]
+        for i, chip_id in enumerate(chip_ids):
             if len(written) >= count:
                 return written
             panels = []
             for m, ds in datasets.items():
-                if chip_id not in ds["chip"].values or not bool(ds["date_mask"].values[i, 0]):
+                if not bool(ds["date_mask"].values[i, 0]):
                     continue
                 image = modality_panel(ds["data"].values[i, 0], ds["valid"].values[i, 0], list(ds["band"].values))
                 if image is not None:
                     panels.append((f"{m} {str(ds['dates'].values[i, 0])[:10]}", image))
             if panels:
                 target = f"{root}/quicklooks/{chip_id}.png"
-                with fs.open(target, "wb") as f:
-                    write_quicklook(f, panels, title=str(chip_id))
+                buffer = io.BytesIO()
+                write_quicklook(buffer, panels, title=str(chip_id))
+                write_bytes(fs, target, buffer.getvalue())
                 written.append(target)
     return written
 
 
 def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, plans: Mapping[str, ChipPlan],
-                 shards: list[tuple[str, list[str]]], *, use_ray: bool = True,
-                 pc_sas_url: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                 shards: list[tuple[str, list[str]]], *, use_ray: bool = True, pc_sas_url: str | None = None,
+                 check: Callable[[], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Write the planned shards (one task each on the job's Ray shard workers, or a plain loop) and return one
     result row per shard.
 
-    Shared by the full run (`run_ingest`) and the incremental run (`pipeline.ingest.incremental`).
+    Shared by the full run (`run_ingest`) and the incremental run (`pipeline.ingest.incremental`). `check`
+    (the lease's) is called before the shards are submitted and, without Ray, before each shard.
     """
     sign = None
     if any(s.sign == "planetary-computer" for s in config.sensors):
@@ -193,16 +217,31 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
         progress.update(detail=f"{result['status']} ({result['chips']} chips)")
 
     if use_ray:
+        if check is not None:
+            check()
         run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries, on_done=done)
     else:
         for row in rows:
+            if check is not None:
+                check()
             done(task(row))
     return results
 
 
+def merged_shard_stats(layout: StoreLayout, shard_ids: list[str]) -> Any:
+    """The statistics of the given committed shards, merged (from their `stats.json` sidecars)."""
+    fs, root = layout.fs()
+    parts = []
+    for shard_id in shard_ids:
+        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
+            parts.append(stats_from_json(json.loads(f.read())))
+    return merge_stats(parts)
+
+
 def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Mapping[str, Any] | None = None,
-               use_ray: bool = True, pc_sas_url: str | None = None) -> IngestSummary:  # fmt: skip
-    """Run an ingestion end to end (see the module docstring).
+               use_ray: bool = True, pc_sas_url: str | None = None, owner: str | None = None,
+               lease_ttl_s: float = 600.0, clock: Callable[[], float] = time.time) -> IngestSummary:  # fmt: skip
+    """Run an ingestion end to end (see the module docstring), under the dataset's lease.
 
     Args:
         config: The validated ingestion config.
@@ -210,17 +249,33 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         storage_options: fsspec options of the store (e.g. the S3 endpoint); never written.
         use_ray: Write shards as Ray Data tasks (connects to the current cluster or starts a local one).
         pc_sas_url: Token service of Planetary Computer signing (default: the public one).
+        owner: Lease owner id shown to concurrent runs (default: host, pid and a random suffix).
+        lease_ttl_s: Lease lifetime; renewed every third of it while the run works.
+        clock: Seconds since the epoch (for the lease).
 
     Raises:
+        LeaseHeld: Another run holds the dataset's lease (nothing was written).
+        LeaseLost: The lease was lost; the run stopped before its next write.
         PipelineError: Nothing usable was found or produced.
     """
-    start = time.perf_counter()
     if use_ray:  # worker start-up overlaps the search and the planning below
         start_shard_workers(config.concurrency, max_retries=config.max_retries)
     opts = dict(storage_options or {})
+    lease = Lease(config.store, owner=owner or default_owner(), ttl_s=lease_ttl_s, storage_options=opts, clock=clock)
+    lease.acquire()
+    with lease.keep_alive() as check:
+        return _run_full(config, stac_url=stac_url, opts=opts, use_ray=use_ray, pc_sas_url=pc_sas_url, check=check)
+
+
+def _run_full(config: IngestConfig, *, stac_url: str, opts: dict[str, Any], use_ray: bool, pc_sas_url: str | None,
+              check: Callable[[], None]) -> IngestSummary:  # fmt: skip
+    start = time.perf_counter()
+    run_id = f"full-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
                          storage_options=opts)  # fmt: skip
+    clean_tmp(layout)  # partial shards of killed runs (we hold the lease: nobody else writes there)
     found = {}
+    invalid: list[tuple[str, str]] = []
     for sensor in config.sensors:
         url = sensor.stac_url or stac_url
         if not url:
@@ -228,41 +283,43 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
         found[sensor.modality] = search_items(StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox,
                                                         datetime=config.datetime,
                                                         max_cloud_cover=sensor.max_cloud_cover,
-                                                        page_size=config.page_size))  # fmt: skip
+                                                        page_size=config.page_size), invalid=invalid)  # fmt: skip
         log.info("%s: %d items from %s", sensor.modality, len(found[sensor.modality]), sensor.collection)
     if config.labels is not None:
         found[LABELS] = search_labels(config.labels, bbox=config.bbox, stac_url=stac_url, page_size=config.page_size)
         log.info("labels: %d items from %s", len(found[LABELS]), config.labels.collection)
+    check()
     manifest: Manifest = freeze_manifest(found, root=config.store, storage_options=opts)
     span = parse_interval(config.datetime)
     plans, rejects = plan_chips(sensor_manifest(manifest), grid=config.grid, area=config.bbox,
                                 required=tuple(s.modality for s in config.sensors if s.required),
                                 max_dates={s.modality: s.max_dates for s in config.sensors},
                                 time_range=(span.start, span.end))  # fmt: skip
+    rejects += [Reject("invalid_item", item_id, reason) for item_id, reason in invalid]
     if not plans:
-        write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects]))
+        check()
+        append_rejects(layout, rejects, run_id)
         raise PipelineError(f"no chip could be planned from {len(manifest.rows)} items "
                             f"({len(rejects)} rejects in {config.store}/rejects.parquet)")  # fmt: skip
     if config.labels is not None:
         plans = assign_labels(plans, manifest, config.labels)
     by_id = {p.chip_id: p for p in plans}
     shards = shard_plans(manifest.version, plans, config.chips_per_shard)
-    results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url)
+    results = write_shards(config, layout, manifest.url, by_id, shards, use_ray=use_ray, pc_sas_url=pc_sas_url,
+                           check=check)  # fmt: skip
     for result in results:
         rejects += [Reject(**r) for r in json.loads(result["rejects"])]
+    check()  # before each step that makes the run's work visible: still the lease holder
     index = rebuild_index(layout)
-    write_table(layout, "rejects.parquet", pd.DataFrame([asdict(r) for r in rejects],
-                                                          columns=["kind", "subject", "reason"]))  # fmt: skip
+    check()
+    append_rejects(layout, rejects, run_id)
     fs, root = layout.fs()
-    parts = []
-    for shard_id in index["shard_id"]:
-        with fs.open(f"{root}/shards/{shard_id}.zarr/stats.json", "r") as f:
-            parts.append(stats_from_json(json.loads(f.read())))
-    with fs.open(f"{root}/stats.json", "w") as f:  # merged over every committed shard (equal to a full pass)
-        f.write(json.dumps(stats_to_json(merge_stats(parts)), sort_keys=True))
-    with fs.open(f"{root}/config.json", "w") as f:
-        f.write(redact(json.dumps(to_dict(config), indent=2, sort_keys=True)))
+    check()
+    write_json(fs, f"{root}/stats.json", stats_to_json(merged_shard_stats(layout, list(index["shard_id"]))))
+    check()
+    write_config(layout, config)
     if config.quicklooks and not index.empty:
+        check()
         write_quicklooks(layout, index, [s.modality for s in config.sensors], config.quicklooks)
     counts: dict[str, int] = {}
     for r in rejects:

@@ -7,6 +7,9 @@ Everything lives under `<store>/state/` on the store's own filesystem (local or 
   list of manifests frozen by incremental runs. Written last by a successful run, so it is the run's commit
   point: a run that dies before it leaves the previous state in place and the next run redoes its window.
 - `runs.parquet`: one row per run (id, owner, windows, counts, manifest hashes, start/end time, status, error).
+- `unusable.parquet`: chips (versioned ids, so content-addressed) that were read and gave nothing usable for a
+  permanent reason (all nodata, cloudy, corrupt, missing…); later runs do not read them again. A transient
+  failure is not recorded there (the chip is retried), and a changed item gives the chip a new id.
 - `superseded.parquet` (`pipeline.store.superseded`): chips that are still stored in a shard but were replaced by a newer version of the same
   grid cell (an item of theirs was updated or a better date arrived); readers drop them.
 """
@@ -24,7 +27,7 @@ import pandas as pd
 
 from pipeline.atomic import read_parquet, write_json, write_parquet
 
-__all__ = ["DatasetState", "RunRecord", "new_run_id", "read_runs", "read_state",
+__all__ = ["DatasetState", "RunRecord", "append_unusable", "new_run_id", "read_runs", "read_state", "read_unusable",
            "record_run", "write_state"]  # fmt: skip
 
 
@@ -38,6 +41,9 @@ class DatasetState:
         snapshot_manifest: URL of the manifest of every item the dataset is currently built from.
         manifests: Versions of the manifests frozen by incremental runs (the new or updated items of each run).
         last_run_id: Id of the run that wrote this state.
+        sensors: Per modality, its own watermarks `{"acquired_until": …, "updated_until": …}` (each sensor's
+            searches start from its own, so a lagging sensor's late-published items are found);
+            `acquired_until`/`updated_until` above stay the maxima over every sensor.
     """
 
     acquired_until: str = ""
@@ -45,6 +51,7 @@ class DatasetState:
     snapshot_manifest: str = ""
     manifests: tuple[str, ...] = ()
     last_run_id: str = ""
+    sensors: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ def read_state(root: str, *, storage_options: Mapping[str, Any] | None = None) -
     with fs.open(f"{base}/state.json", "rb") as f:
         raw = json.loads(f.read())
     raw["manifests"] = tuple(raw.get("manifests", ()))
+    raw["sensors"] = {str(k): dict(v) for k, v in dict(raw.get("sensors") or {}).items()}
     return DatasetState(**{k: v for k, v in raw.items() if k in {f.name for f in fields(DatasetState)}})
 
 
@@ -127,3 +135,20 @@ def record_run(root: str, record: RunRecord, *, storage_options: Mapping[str, An
         pd.DataFrame([row], columns=RUN_COLUMNS)  # fmt: skip
     _write_table(root, "runs.parquet", runs, storage_options)
     return runs
+
+
+def read_unusable(root: str, *, storage_options: Mapping[str, Any] | None = None) -> set[str]:
+    """Chip ids already read that gave nothing usable for a permanent reason (not to be read again)."""
+    frame = _read_table(root, "unusable.parquet", storage_options)
+    return set() if frame is None else {str(c) for c in frame["chip_id"]}
+
+
+def append_unusable(root: str, chip_ids: Sequence[str], run_id: str, *,
+                    storage_options: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    """Record chips that gave nothing usable (only the lease holder calls this)."""
+    if not chip_ids:
+        return
+    frame = _read_table(root, "unusable.parquet", storage_options)
+    new = pd.DataFrame({"chip_id": list(chip_ids), "run_id": run_id})
+    table = new if frame is None else pd.concat([frame, new], ignore_index=True)
+    _write_table(root, "unusable.parquet", table.drop_duplicates("chip_id", keep="first"), storage_options)

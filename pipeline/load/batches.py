@@ -26,7 +26,7 @@ from pipeline.errors import StoreError
 from pipeline.store.packing import is_packed
 from pipeline.store.shard_reader import array_metadata, read_arrays
 
-__all__ = ["BandNorm", "Sample", "ShardArrays", "collate", "read_norms", "read_shard_arrays", "read_shard_samples",
+__all__ = ["BandNorm", "Sample", "ShardArrays", "collate", "group_layouts", "read_norms", "read_shard_arrays", "read_shard_samples",
            "read_stats_json", "shard_extent_m"]
 
 Sample = dict[str, Any]
@@ -39,6 +39,7 @@ class BandNorm:
     bands: tuple[str, ...]
     mean: np.ndarray  # [C] float32
     std: np.ndarray  # [C] float32
+    tile: tuple[int, int, int] = (0, 0, 0)  # dates, height, width of the stored arrays (for a shard without the group)
 
 
 def read_stats_json(url: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -76,22 +77,51 @@ def read_norms(stats: Mapping[str, Any], bands: Mapping[str, Sequence[str]]) -> 
     return out
 
 
-def shard_extent_m(url: str, groups: Sequence[str], *, storage_options: Mapping[str, Any] | None = None
+def shard_extent_m(url: str | Sequence[str], groups: Sequence[str], *,
+                   storage_options: Mapping[str, Any] | None = None
                    ) -> tuple[float, dict[str, tuple[str, ...]]]:  # fmt: skip
-    """Tile extent in metres (width x res_m of the first group) and the band names of each group of one shard."""
-    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
-    arrays = _read(url, [f"{g}/band" for g in groups], storage_options)
-    bands = {g: tuple(str(b) for b in arrays[f"{g}/band"]) for g in groups}
-    extent = 0.0
-    for group in groups:
-        try:
-            attrs = json.loads(fs.cat_file(f"{root.rstrip('/')}/{group}/zarr.json"))
-            width = json.loads(fs.cat_file(f"{root.rstrip('/')}/{group}/data/zarr.json"))["shape"][-1]
-        except FileNotFoundError as err:
-            raise StoreError(f"shard {url} has no group {group!r}; the store group names are the ingestion's "
-                             "sensor modalities (check DatasetSource.modalities)") from err  # fmt: skip
-        extent = extent or width * float(attrs["attributes"]["res_m"])
+    """Tile extent in metres (width x res_m of the first group) and the band names of each group.
+
+    `url` is one shard or several: a group absent from the first (a `required: false` sensor that no chip of
+    that shard has) is looked up in the next ones.
+    """
+    extent, bands, _ = group_layouts([url] if isinstance(url, str) else url, groups, storage_options=storage_options)
     return extent, bands
+
+
+def group_layouts(urls: Sequence[str], groups: Sequence[str], *, storage_options: Mapping[str, Any] | None = None
+                  ) -> tuple[float, dict[str, tuple[str, ...]], dict[str, tuple[int, int, int]]]:  # fmt: skip
+    """Tile extent in metres, band names and (dates, height, width) of each group, from the first shard having it.
+
+    Raises:
+        StoreError: A group is in none of the shards.
+    """
+    bands: dict[str, tuple[str, ...]] = {}
+    tiles: dict[str, tuple[int, int, int]] = {}
+    extents: dict[str, float] = {}
+    for url in urls:
+        todo = [g for g in groups if g not in bands]
+        if not todo:
+            break
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        root = root.rstrip("/")
+        metas = fs.cat([f"{root}/{g}/{n}" for g in todo for n in ("zarr.json", "data/zarr.json")], on_error="return")
+        present = [g for g in todo if isinstance(metas.get(f"{root}/{g}/data/zarr.json"), bytes)
+                   and isinstance(metas.get(f"{root}/{g}/zarr.json"), bytes)]  # fmt: skip
+        if not present:
+            continue
+        arrays = _read(url, [f"{g}/band" for g in present], storage_options)
+        for g in present:
+            shape = json.loads(metas[f"{root}/{g}/data/zarr.json"])["shape"]
+            attrs = json.loads(metas[f"{root}/{g}/zarr.json"])["attributes"]
+            bands[g] = tuple(str(b) for b in arrays[f"{g}/band"])
+            tiles[g] = (int(shape[1]), int(shape[-2]), int(shape[-1]))
+            extents[g] = shape[-1] * float(attrs["res_m"])
+    missing = [g for g in groups if g not in bands]
+    if missing:
+        raise StoreError(f"no shard of {urls[0].rsplit('/shards/', 1)[0]} has group(s) {missing}; the store group "
+                         "names are the ingestion's sensor modalities (check DatasetSource.modalities)")  # fmt: skip
+    return (extents[groups[0]] if groups else 0.0), bands, tiles
 
 
 @dataclass(frozen=True)
@@ -131,13 +161,31 @@ def read_shard_arrays(url: str, norms: Mapping[str, BandNorm], *,
     Raises:
         StoreError: A group or array is missing, or its bands differ from the statistics' bands.
     """
-    packed = {g for g in norms if is_packed(array_metadata(url, f"{g}/data", storage_options=storage_options,
-                                                           keep=True).get("attributes", {}))}  # fmt: skip
-    names = {g: ("band", "data", "date_mask", "doy") + (() if g in packed else ("valid",)) for g in norms}
-    first = next(iter(norms))
-    arrays = _read(url, [f"{first}/chip"] + [f"{g}/{n}" for g in norms for n in names[g]], storage_options)
+    present = list(norms)
+
+    def packed_groups(groups: Sequence[str]) -> set[str]:
+        return {g for g in groups if is_packed(array_metadata(url, f"{g}/data", storage_options=storage_options,
+                                                              keep=True).get("attributes", {}))}  # fmt: skip
+
+    try:
+        packed = packed_groups(present)
+    except StoreError:  # a group that no chip of this shard has (an optional sensor): read the others
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        present = [g for g in norms if fs.exists(f"{root.rstrip('/')}/{g}/zarr.json")]
+        packed = packed_groups(present)
+    names = {g: ("band", "data", "date_mask", "doy") + (() if g in packed else ("valid",)) for g in present}
+    arrays = _read(url, ["chips/chip"] + [f"{g}/{n}" for g in present for n in names[g]], storage_options)
+    n_chips = len(arrays["chips/chip"])
     groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for group, norm in norms.items():
+        if group not in present:  # no chip of this shard has it: padded dates only, nothing valid
+            if 0 in norm.tile:
+                raise StoreError(f"shard {url} has no group {group!r} and its tile size is unknown")
+            t, h, w = norm.tile
+            groups[group] = (np.zeros((n_chips, t, len(norm.bands), h, w), np.float32),
+                             np.zeros((n_chips, t, h, w), bool), np.zeros((n_chips, t), bool),
+                             np.zeros((n_chips, t), np.int16))  # fmt: skip
+            continue
         bands = tuple(str(b) for b in arrays[f"{group}/band"])
         if bands != norm.bands:
             raise StoreError(f"shard {url} has {group} bands {list(bands)}, the dataset's first shard has "
@@ -153,7 +201,7 @@ def read_shard_arrays(url: str, norms: Mapping[str, BandNorm], *,
             ok &= arrays[f"{group}/valid"].astype(bool, copy=False)
         np.copyto(x, np.float32(0), where=~ok[:, :, None])
         groups[group] = (x, ok, date_mask, arrays[f"{group}/doy"])
-    return ShardArrays(tuple(str(c) for c in arrays[f"{first}/chip"]), groups)
+    return ShardArrays(tuple(str(c) for c in arrays["chips/chip"]), groups)
 
 
 def read_shard_samples(url: str, norms: Mapping[str, BandNorm], *, rows: Sequence[int] | None = None,

@@ -19,6 +19,7 @@ modalities) and yields the same number of batches.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.load.batches import BandNorm, collate, read_norms, read_stats_json, shard_extent_m
+from pipeline.load.batches import BandNorm, collate, group_layouts, read_norms, read_stats_json
 from pipeline.load.shard_cache import ShardCache
 from pipeline.errors import ConfigError, PipelineError, StoreError
 from pipeline.store.superseded import read_superseded
@@ -165,14 +166,15 @@ def resolve_dataset(source: DatasetSource, config: LoaderConfig, *, index: int =
     stats = read_stats_json(source.url, storage_options=storage_options)
     keys = dict(source.modalities) or {g: g for g in sorted(stats)}
     urls = tuple(str(u) for u in frame["url"])
-    extent_m, bands = shard_extent_m(urls[0], list(keys), storage_options=storage_options)
+    extent_m, bands, tiles = group_layouts(urls, list(keys), storage_options=storage_options)
     sizes = patch_sizes_for(extent_m, config.patch_sizes_m, what=source.url)
     superseded = frozenset(str(c) for c in read_superseded(source.url, storage_options=storage_options)["chip_id"])
     chips = tuple(tuple(str(c) for c in ids) for ids in frame["chip_ids"])
     rows = tuple(tuple(r for r, c in enumerate(ids) if c not in superseded) for ids in chips)
     if superseded:
         log.info("dataset %s: %d superseded chips are skipped", source.name, sum(map(len, chips)) - sum(map(len, rows)))
-    return ResolvedDataset(index, source, urls, tuple(len(r) for r in rows), keys, read_norms(stats, bands),
+    norms = {g: dataclasses.replace(n, tile=tiles[g]) for g, n in read_norms(stats, bands).items()}
+    return ResolvedDataset(index, source, urls, tuple(len(r) for r in rows), keys, norms,
                            tuple(sizes), extent_m, rows, chips, superseded)  # fmt: skip
 
 

@@ -25,6 +25,8 @@ class ModalityArray:
         res_m: Pixel size in metres.
         packing: How float32 `data` was made from integer DN (the store then keeps it as uint16 when that is
             lossless); None for values that are not scaled integers (dB, raw floats, uint8 imagery).
+        origin: (west, north) edge of this modality's window when it is not the chip's own corner: the window
+            snapped by less than half a pixel onto the sensor's pixel grid (Landsat's sits at 30 k + 15 m).
     """
 
     data: np.ndarray
@@ -34,6 +36,7 @@ class ModalityArray:
     bands: tuple[str, ...]
     res_m: float
     packing: Packing | None = None
+    origin: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.data.ndim != 4:

@@ -118,6 +118,10 @@ def _packed(chips: Sequence[Chip], key: str, data: np.ndarray, valid: np.ndarray
                     key, [c.chip_id for c in chips[:2]])  # fmt: skip
         return data, {"_FillValue": _NAN_FILL}
     return stored, packing.attrs()
+def _origin(chip: Chip, key: str) -> tuple[float, float]:
+    """West and north edges of a chip's window of one modality (snapped to the sensor's grid, or the chip's)."""
+    mod = chip.modalities.get(key)
+    return mod.origin if mod is not None and mod.origin is not None else (chip.bounds[0], chip.bounds[3])
 
 
 def _modality(chips: Sequence[Chip], key: str, t_max: int) -> tuple[dict[str, Any], dict[str, ShardArray]]:
@@ -133,7 +137,8 @@ def _modality(chips: Sequence[Chip], key: str, t_max: int) -> tuple[dict[str, An
     item_ids = np.full((n, t_max), "", dtype=object)
     xs, ys = np.zeros((n, w)), np.zeros((n, h))
     for i, chip in enumerate(chips):
-        xs[i], ys[i] = cell_centres(chip.bounds, ref.res_m, w, h)
+        ox, oy = _origin(chip, key)  # the window snapped onto the sensor's own pixel grid, when it was
+        xs[i], ys[i] = cell_centres((ox, oy - h * ref.res_m, ox + w * ref.res_m, oy), ref.res_m, w, h)
         mod = chip.modalities.get(key)
         if mod is None:
             continue
@@ -169,7 +174,7 @@ def _modality(chips: Sequence[Chip], key: str, t_max: int) -> tuple[dict[str, An
         "spatial_ref": ShardArray(np.zeros((), np.int64), (), attrs=grid_mapping_attrs(chips[0].epsg)),
     }
     attrs = {"modality": key, "res_m": ref.res_m, "crs": f"EPSG:{chips[0].epsg}", "epsg": [c.epsg for c in chips],
-             "x_origin": [c.bounds[0] for c in chips], "y_origin": [c.bounds[3] for c in chips]}  # fmt: skip
+             "x_origin": [_origin(c, key)[0] for c in chips], "y_origin": [_origin(c, key)[1] for c in chips]}  # fmt: skip
     return attrs, arrays
 
 

@@ -27,12 +27,13 @@ import fsspec
 import pandas as pd
 import xarray as xr
 
+from pipeline.atomic import read_parquet, write_bytes, write_parquet
 from pipeline.errors import StoreError
 from pipeline.store.records import Chip
 from pipeline.store.shard_writer import build_shard, encode_shard
 
-__all__ = ["ShardInfo", "StoreLayout", "is_committed", "manifest_versions", "open_shard", "read_index", "rebuild_index",
-           "write_shard"]
+__all__ = ["ShardInfo", "StoreLayout", "clean_tmp", "committed_shards", "is_committed", "manifest_versions", "open_shard",
+           "read_index", "rebuild_index", "write_shard"]
 
 log = logging.getLogger(__name__)
 MARKER = "_COMMITTED"
@@ -124,14 +125,28 @@ def write_shard(chips: Sequence[Chip], *, layout: StoreLayout, shard_id: str,
                          sum(len(blob) for blob in files.values()),
                          content.content_hash(), datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
         for name, text in (sidecar or {}).items():
-            with fs.open(f"{final}/{name}", "w") as f:
-                f.write(text)
-        with fs.open(f"{final}/{MARKER}", "w") as f:  # the commit point
-            f.write(json.dumps(asdict(info) | {"dataset": dict(dataset_meta or {})}, sort_keys=True, default=str))
+            write_bytes(fs, f"{final}/{name}", text.encode())
+        marker = json.dumps(asdict(info) | {"dataset": dict(dataset_meta or {})}, sort_keys=True, default=str)
+        write_bytes(fs, f"{final}/{MARKER}", marker.encode())  # the commit point
     except OSError as err:
         raise StoreError(f"writing shard {shard_id} to {layout.url} failed: {err}") from err
     log.info("committed shard %s (%d chips)", shard_id, len(chips))
     return info
+
+
+def clean_tmp(layout: StoreLayout) -> int:
+    """Remove what crashed or killed runs left under `<root>/_tmp/` (partial shards); only the lease holder calls
+    this, so no other run is writing there. Returns the number of entries removed."""
+    fs, root = layout.fs()
+    try:
+        entries = fs.ls(f"{root}/_tmp", detail=False)
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        fs.rm(entry, recursive=True)
+    if entries:
+        log.info("removed %d partial shard(s) left under %s/_tmp", len(entries), layout.url)
+    return len(entries)
 
 
 def _info_from_marker(fs: fsspec.AbstractFileSystem, path: str, url: str) -> ShardInfo:
@@ -143,8 +158,8 @@ def _info_from_marker(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Sha
     return ShardInfo(**raw)
 
 
-def rebuild_index(layout: StoreLayout) -> pd.DataFrame:
-    """List committed shards from their markers and write `<root>/shards.parquet`."""
+def committed_shards(layout: StoreLayout) -> pd.DataFrame:
+    """The index of the committed shards, listed from their markers (nothing written)."""
     fs, root = layout.fs()
     markers = sorted(fs.glob(f"{root}/shards/*.zarr/{MARKER}"))
     rows = []
@@ -154,18 +169,25 @@ def rebuild_index(layout: StoreLayout) -> pd.DataFrame:
         rows.append(asdict(_info_from_marker(fs, shard_path, layout.shard_url(shard_id))))
     frame = pd.DataFrame(rows, columns=list(ShardInfo.__dataclass_fields__))
     frame["chip_ids"] = frame["chip_ids"].map(list)
-    with fs.open(f"{root}/shards.parquet", "wb") as f:
-        frame.to_parquet(f, index=False)
+    return frame
+
+
+def rebuild_index(layout: StoreLayout) -> pd.DataFrame:
+    """List committed shards from their markers and write `<root>/shards.parquet` (atomically)."""
+    fs, root = layout.fs()
+    frame = committed_shards(layout)
+    write_parquet(fs, f"{root}/shards.parquet", frame)
     return frame
 
 
 def read_index(layout: StoreLayout) -> pd.DataFrame:
-    """The shard index (rebuilt from the markers if missing)."""
+    """The shard index; listed from the markers, in memory, if `shards.parquet` is missing.
+
+    The read path never writes: training and other readers may hold read-only credentials.
+    """
     fs, root = layout.fs()
-    if not fs.exists(f"{root}/shards.parquet"):
-        return rebuild_index(layout)
-    with fs.open(f"{root}/shards.parquet", "rb") as f:
-        return pd.read_parquet(f)
+    frame = read_parquet(fs, f"{root}/shards.parquet")
+    return committed_shards(layout) if frame is None else frame
 
 
 def open_shard(url: str, modality: str, *, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:

@@ -13,21 +13,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import StoreError
 from pipeline.store.records import Chip, ModalityArray
 
-__all__ = ["BandStats", "PERCENTILES", "chip_stats", "merge_stats", "stats_from_json", "stats_to_json"]
+__all__ = ["BandStats", "DB_RANGE", "PERCENTILES", "REFLECTANCE_RANGE", "chip_stats", "merge_stats", "stats_from_json", "stats_to_json"]
 
 PERCENTILES = (1, 2, 5, 25, 50, 75, 95, 98, 99)
 BINS = 4096
 
 
-def value_range(data: np.ndarray) -> tuple[float, float]:
-    """Histogram range by value type: 8-bit imagery, dB backscatter or reflectance-like floats."""
+REFLECTANCE_RANGE = (-0.5, 2.5)
+DB_RANGE = (-60.0, 40.0)
+
+
+def value_range(data: np.ndarray, declared: tuple[float, float] | None = None, *, key: str = "") -> tuple[float, float]:
+    """Histogram range of one modality: the declared one (the sensor's, from its config), else its dtype's.
+
+    Never guessed from the values: one bright or dark chip must not change the range, or its histogram could
+    not be merged with the others'. Integer data default to the dtype's range (8-bit imagery: 0-256).
+
+    Raises:
+        StoreError: Float values with no declared range.
+    """
+    if declared is not None:
+        return (float(declared[0]), float(declared[1]))
     if data.dtype == np.uint8:
         return (0.0, 256.0)
-    if data.dtype.kind in "iu":
-        return (float(np.iinfo(data.dtype).min), float(np.iinfo(data.dtype).max) + 1)
-    return (-60.0, 40.0) if np.nanmin(data, initial=0.0) < -2.0 else (-0.5, 2.5)
+    if data.dtype.kind in "iub":
+        info = np.iinfo(data.dtype) if data.dtype.kind != "b" else np.iinfo(np.uint8)
+        return (float(info.min), float(info.max) + 1)
+    raise StoreError(f"{key or 'a modality'} holds {data.dtype} values but no histogram range was declared; set the "
+                     "sensor's stats_range (reflectance and dB get one by default)")  # fmt: skip
 
 
 @dataclass
@@ -52,7 +68,7 @@ class BandStats:
 
     def merge(self, other: BandStats) -> BandStats:
         if (self.lo, self.hi) != (other.lo, other.hi):
-            raise ValueError(f"cannot merge histograms over {(self.lo, self.hi)} and {(other.lo, other.hi)}")
+            raise StoreError(f"cannot merge histograms over {(self.lo, self.hi)} and {(other.lo, other.hi)}")
         return BandStats(self.count + other.count, self.total + other.total, self.total_sq + other.total_sq,
                          min(self.minimum, other.minimum), max(self.maximum, other.maximum), self.lo, self.hi,
                          self.hist + other.hist)  # fmt: skip
@@ -83,27 +99,31 @@ class BandStats:
 Stats = dict[str, dict[str, BandStats]]  # modality -> band -> stats
 
 
-def chip_stats(chips: Sequence[Chip]) -> Stats:
+def chip_stats(chips: Sequence[Chip], ranges: Mapping[str, tuple[float, float] | None] | None = None) -> Stats:
     """Statistics of the valid pixels of some chips (e.g. one shard's).
 
     Computed once per modality and band over all the chips at once (their time series concatenated), not chip
     by chip: the same counts, extremes and histograms as merging per-chip statistics, sums to rounding.
+    `ranges` gives each modality's histogram range (the sensor's declared one); values outside it count in the
+    edge bins (and in the exact min/max).
 
     Raises:
-        ValueError: Chips of one modality fall in different histogram ranges (e.g. dB and reflectance values
-            under one modality name), which cannot be merged.
+        StoreError: A float modality without a declared range, or chips of one modality with different dtypes
+            whose default ranges differ.
     """
+    declared = dict(ranges or {})
     out: Stats = {}
     groups: dict[tuple[str, tuple[str, ...], tuple[int, ...], str], list[ModalityArray]] = {}
-    ranges: dict[str, tuple[float, float]] = {}
+    found: dict[str, tuple[float, float]] = {}
     for chip in chips:
         for key, mod in chip.modalities.items():
-            lo_hi = value_range(mod.data)
-            if ranges.setdefault(key, lo_hi) != lo_hi:
-                raise ValueError(f"cannot merge histograms over {ranges[key]} and {lo_hi} ({key}, chip {chip.chip_id})")
+            lo_hi = value_range(mod.data, declared.get(key), key=key)
+            if found.setdefault(key, lo_hi) != lo_hi:
+                raise StoreError(f"{key}: chip {chip.chip_id} has a {mod.data.dtype} histogram range {lo_hi}, other "
+                                 f"chips {found[key]}; declare the sensor's stats_range")  # fmt: skip
             groups.setdefault((key, mod.bands, mod.data.shape[2:], mod.data.dtype.str), []).append(mod)
     for (key, bands, _, _), mods in groups.items():
-        lo, hi = ranges[key]
+        lo, hi = found[key]
         data = mods[0].data if len(mods) == 1 else np.concatenate([m.data for m in mods])  # [T, C, H, W]
         valid = mods[0].valid if len(mods) == 1 else np.concatenate([m.valid for m in mods])  # [T, H, W]
         for c, band in enumerate(bands):

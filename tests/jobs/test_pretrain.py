@@ -151,9 +151,12 @@ def test_training_completes_and_says_so_when_mlflow_is_unreachable(demo_store: P
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    scratch = tmp_path / "tmp"  # the job's temp folder: empty again when it ends
+    scratch.mkdir()
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "offline", "optim.total_steps=2",
                                              "optim.warmup_steps=1"),
-               {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})  # fmt: skip
+               {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "TMPDIR": str(scratch)})  # fmt: skip
+    assert list(scratch.iterdir()) == [], "pretraining left files in the temp folder"
     assert "MLflow unreachable" in out.stderr and "training completed without tracking" in out.stderr
     summary = _summary(out)
     assert summary["steps"] == 2 and summary["tracking"].startswith("off") and summary["version"] is None

@@ -3,10 +3,11 @@
 Run as a script (a separate process: GDAL holds the GIL while it waits for HTTP answers, so a server thread
 inside the reading process would deadlock):
 
-    python range_server.py ROOT [PATH=N ...]
+    python range_server.py ROOT [--port=P] [--status=S] [PATH=N ...]
 
 It prints its port on the first line of stdout, then serves files under ROOT on 127.0.0.1. `PATH=N` answers 503
-to the first N requests of PATH (`N = -1`: always). `GET /_requests` returns the requests seen so far as JSON
+to the first N requests of PATH (`N = -1`: always); `--status=S` answers S
+(e.g. 403) to every request (also proxy requests for any host: a loopback stand-in for a remote store). `GET /_requests` returns the requests seen so far as JSON
 (`[method, path, status]`), so tests can check that retries reached the server.
 """
 
@@ -25,6 +26,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     """GET/HEAD with single byte ranges; failure budget per path."""
 
     root: ClassVar[Path]
+    status: ClassVar[int] = 0
     failures: ClassVar[dict[str, int]]
     seen: ClassVar[list[tuple[str, str, int]]]
     lock: ClassVar[threading.Lock] = threading.Lock()
@@ -52,6 +54,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            return
+        if self.status:
+            self._answer(self.status, b"AuthenticationFailed: signature expired", send_body=send_body)
             return
         path = self.path.split("?", 1)[0]
         with self.lock:
@@ -85,9 +90,11 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 def main(argv: list[str]) -> None:
     root = Path(argv[0]).resolve()
-    failures = {p: int(n) for p, n in (a.rsplit("=", 1) for a in argv[1:])}
-    handler = type("Handler", (RangeHandler,), {"root": root, "failures": failures, "seen": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    port = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--port=")), 0)
+    status = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--status=")), 0)
+    failures = {p: int(n) for p, n in (a.rsplit("=", 1) for a in argv[1:] if not a.startswith("--"))}
+    handler = type("Handler", (RangeHandler,), {"root": root, "failures": failures, "seen": [], "status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,47 @@ def test_unreadable_and_missing_inputs_become_rejects(catalog_files) -> None:
     assert chip is None and [r.kind for r in rejects] == ["missing_item", "no_usable_item"]
     with pytest.raises(ValueError, match="same length"):
         SensorSpec("s2", ("B02",), ("B2", "B3"), 10.0)
+
+
+def test_landsat_chip_snaps_to_the_landsat_pixel_grid_and_reads_the_same_pixels_unshifted(catalog_files) -> None:
+    from rasterio.windows import Window
+
+    from pipeline.ingest.raster_reader import ChipReader
+    from pipeline.store.shard_writer import build_shard
+
+    ls = _items(catalog_files, "landsat-c2-l2")
+    item = min(ls.values(), key=lambda i: i.properties["eo:cloud_cover"])
+    t = item.assets["red"].extra_fields["proj:transform"]
+    assert t[2] % 30 == 15 and t[5] % 30 == 15  # Landsat grids sit at 30 k + 15 m
+    x0, y1 = 30 * math.ceil(t[2] / 30) + 300, 30 * math.floor(t[5] / 30) - 300  # chip corners on multiples of 30 m
+    bounds = (x0, y1 - 300, x0 + 300, y1)
+    with ChipReader() as reader:
+        chip, rejects = load_chip(ChipPlan("c", 32613, bounds, 0.0, 0.0, {"landsat": (item.id,)}), ls,
+                                  {"landsat": LANDSAT}, reader=reader)  # fmt: skip
+        assert reader.reads["fallback"] == 0 and reader.reads["fast"] == 4  # red, nir08, swir16, qa_pixel: no resampling
+    assert isinstance(chip, Chip) and rejects == []
+    mod = chip.modalities["landsat"]
+    assert mod.origin == (x0 + 15, y1 + 15)  # moved half a pixel onto the Landsat grid, and said so
+    col, row = round((x0 + 15 - t[2]) / 30), round((t[5] - y1 - 15) / 30)
+    with rasterio.open(item.assets["red"].href.removeprefix("file://")) as ds:
+        red = ds.read(1, window=Window(col, row, 10, 10)).astype(np.float32)  # the same pixels, no resampling
+    expected = red * np.float32(2.75e-5) - np.float32(0.2)
+    np.testing.assert_allclose(mod.data[0, 0][mod.valid[0]], expected[mod.valid[0]], atol=1e-6)
+    attrs = build_shard([chip], {"landsat": 1}).groups["landsat"]
+    assert (attrs["x_origin"], attrs["y_origin"]) == ([x0 + 15], [y1 + 15])
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("proj:code", "EPSG:32632", ["EPSG:32632", "EPSG:32633"]),
+    ("proj:shape", [100, 120], ["proj:shape", "[100, 120]", "[120, 120]"]),
+    ("proj:transform", [10.0, 0.0, 404410.0, 0.0, -10.0, 5342400.0], ["proj:transform", "404410.0", "404400.0"]),
+])  # fmt: skip
+def test_metadata_disagreeing_with_the_file_is_a_recorded_reject(catalog_files, field, value, words) -> None:
+    s2 = _items(catalog_files, "sentinel-2-l2a")
+    item = next(i for i in s2.values() if i.id.endswith("_87_48")).clone()
+    item.assets["B02"].extra_fields[field] = value  # the B02 file is EPSG:32633, 120 x 120 px at (404400, 5342400)
+    t = item.assets["B05"].extra_fields["proj:transform"]
+    plan = ChipPlan("c", 32633, (t[2], t[5] - 100, t[2] + 100, t[5]), 0.0, 0.0, {"s2": (item.id,)})
+    chip, rejects = load_chip(plan, {item.id: item}, {"s2": S2})
+    assert chip is None and [r.kind for r in rejects] == ["metadata_mismatch", "no_usable_item"]
+    assert all(w in rejects[0].reason for w in words), rejects[0].reason

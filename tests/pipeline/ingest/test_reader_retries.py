@@ -35,10 +35,10 @@ FAST = RetryPolicy(max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
 
 
 class _Server:
-    def __init__(self, root: Path, failures: dict[str, int]) -> None:
+    def __init__(self, root: Path, failures: dict[str, int], port: int = 0) -> None:
         self.root = root
         script = Path(__file__).with_name("range_server.py")
-        rules = [f"{p}={n}" for p, n in failures.items()]
+        rules = [f"{p}={n}" for p, n in failures.items()] + [f"--port={port}"]
         self.proc = subprocess.Popen([sys.executable, str(script), str(root), *rules], stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
@@ -113,13 +113,60 @@ def test_a_file_that_always_fails_is_a_transient_reject_after_the_retries(catalo
         missing.assets["B02"].href = f"{server.url}/no/such/B02.tif"
         with ChipReader(retry=FAST) as reader:
             _, rejects = load_chip(plan, {remote.id: missing}, {"s2": S2}, reader=reader)
-        assert rejects[0].kind == "href_not_found" and len(server.requests("/no/such/B02.tif")) == 1  # no retry
+        statuses = server.requests("/no/such/B02.tif")
+        assert rejects[0].kind == "href_not_found" and statuses == [404, 404], statuses  # asked once more with
+        # GDAL's cache bypassed (a cached failure must not pass for a deleted file), never retried with backoff
+
+
+def test_an_outage_is_transient_and_does_not_turn_later_reads_into_href_not_found(catalog_root: Path,
+                                                                                  s2_item) -> None:  # fmt: skip
+    x0, y0 = s2_item.assets["B02"].extra_fields["proj:transform"][2], s2_item.assets["B02"].extra_fields[
+        "proj:transform"][5]  # fmt: skip
+    plan = ChipPlan("c", 32633, (x0, y0 - 480, x0 + 480, y0), 0.0, 0.0, {"s2": (s2_item.id,)})
+    port = free_port()
+    down = s2_item.clone()
+    for key, asset in down.assets.items():
+        rel = Path(s2_item.assets[key].href.removeprefix("file://")).relative_to(catalog_root).as_posix()
+        asset.href = f"http://127.0.0.1:{port}/{rel}"
+    no_retry = RetryPolicy(max_retries=0)
+    with ChipReader(retry=no_retry) as reader:  # the server is down: connection refused
+        chip, rejects = load_chip(plan, {down.id: down}, {"s2": S2}, reader=reader)
+    assert chip is None and rejects[0].kind == "transient_io", rejects
+    server = _Server(catalog_root, {}, port=port)  # back on the same address
+    try:
+        with ChipReader(retry=no_retry) as reader:
+            chip, rejects = load_chip(plan, {down.id: down}, {"s2": S2}, reader=reader)
+    finally:
+        server.stop()
+    assert chip is not None and rejects == [], rejects  # GDAL's cached "does not exist" was not believed
+    dns = s2_item.clone()
+    for asset in dns.assets.values():
+        asset.href = "http://no-such-host.invalid/B.tif"
+    with ChipReader(retry=no_retry) as reader:
+        _, rejects = load_chip(plan, {dns.id: dns}, {"s2": S2}, reader=reader)
+    assert rejects[0].kind == "transient_io" and "resolve" in rejects[0].reason, rejects
+
+
+def test_a_truncated_cog_is_corrupt_and_its_reason_has_gdals_cause(s2_item, tmp_path: Path) -> None:
+    src = Path(s2_item.assets["B02"].href.removeprefix("file://"))
+    cut = tmp_path / "B02.tif"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
+    item = s2_item.clone()
+    item.assets["B02"].href = cut.as_uri()
+    x0, y0 = item.assets["B02"].extra_fields["proj:transform"][2], item.assets["B02"].extra_fields["proj:transform"][5]
+    plan = ChipPlan("c", 32633, (x0, y0 - 480, x0 + 480, y0), 0.0, 0.0, {"s2": (item.id,)})
+    chip, rejects = load_chip(plan, {item.id: item}, {"s2": S2})
+    assert chip is None and rejects[0].kind == "corrupt_raster", rejects
+    assert "IReadBlock failed" in rejects[0].reason or "TIFFRead" in rejects[0].reason, rejects[0].reason
 
 
 def test_transient_errors_are_told_apart_from_permanent_ones() -> None:
     assert is_transient(OSError("HTTP response code: 503")) and is_transient(TimeoutError("read"))
     assert is_transient(RuntimeError("An error occurred (SlowDown) when calling the GetObject operation"))
     assert not is_transient(OSError("HTTP response code: 404")) and not is_transient(ValueError("not recognized as"))
+    assert is_transient(OSError("CURL error: Failed to connect to 127.0.0.1 port 9: Could not connect to server"))
+    assert is_transient(OSError("CURL error: Could not resolve host: example.invalid"))
+    assert is_transient(ConnectionRefusedError(111, "Connection refused"))
     calls: list[float] = []
     with pytest.raises(TransientReadError) as info:
         call_with_retries(lambda: (_ for _ in ()).throw(ConnectionResetError("reset by peer")),

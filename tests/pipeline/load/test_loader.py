@@ -19,7 +19,7 @@ from pipeline.errors import StoreError
 from pipeline.ingest.run import run_ingest
 from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches, read_stats
 from pipeline.store.records import Chip, ModalityArray
-from pipeline.store.stats import chip_stats, stats_to_json
+from pipeline.store.stats import REFLECTANCE_RANGE, chip_stats, stats_to_json
 from pipeline.store.shards import StoreLayout, read_index, write_shard
 
 pytestmark = pytest.mark.stack
@@ -60,7 +60,7 @@ def _write_uneven_copy(src: str, dst: str) -> None:
     layout = StoreLayout(dst, max_dates={"landsat": 8})
     for start in range(0, len(chips), 4):
         write_shard(chips[start : start + 4], layout=layout, shard_id=f"shard-{start:05d}")
-    Path(dst, "stats.json").write_text(json.dumps(stats_to_json(chip_stats(chips))))
+    Path(dst, "stats.json").write_text(json.dumps(stats_to_json(chip_stats(chips, {"landsat": REFLECTANCE_RANGE}))))
 
 
 def _chips(url: str) -> list[str]:
