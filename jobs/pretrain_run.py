@@ -116,8 +116,7 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         if tracker is not None and (r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps):
             tracker.log_metrics(r.metrics(), step=r.step)
         if r.step % cfg.run.log_every == 0:
-            log.info("step %d loss %.4f (pred %.4f nce %.4f) lr %.2e ema %.5f %.1f samples/s wait %.0f%%", r.step,
-                     r.loss, r.loss_pred, r.loss_nce, r.lr, r.ema_momentum, r.samples_per_s, 100 * r.data_wait_share)
+            log.info("%s", r.line())
         if cfg.run.fail_at_step and r.step == cfg.run.fail_at_step and restore is None and rank == world - 1:
             log.warning("fail_at_step=%d (test-only): rank %d exits abruptly", r.step, rank)
             os._exit(1)
