@@ -47,9 +47,9 @@ class JepaConfig:
             shared spatial encoder (position encoding removed), averaged over modalities: the content of the
             hidden patch itself, so the context must say something about it.
         var_weight: Weight of a variance hinge (VICReg-style: mean of relu(1 − std)) on the student's
-            per-modality patch tokens, std across the batch's samples at each patch; 0 = off (official).
+            per-modality patch tokens, std across the batch's samples at each patch; 0 = off (official; default 1).
         cov_weight: Weight of the VICReg covariance term (squared off-diagonal covariances / D) on the same
-            tokens; 0 = off (official).
+            tokens; 0 = off (official; default 0.04).
         seed: Seed of the mask generator (advanced once per step, so masks are reproducible).
     """
 
@@ -62,8 +62,8 @@ class JepaConfig:
     nce_temperature: float = 0.1
     target_norm: str = "batch"
     target_layer: str = "patch"
-    var_weight: float = 0.0
-    cov_weight: float = 0.0
+    var_weight: float = 1.0
+    cov_weight: float = 0.04
     seed: int = 0
 
     def __post_init__(self) -> None:
