@@ -111,7 +111,8 @@ class _CrossAttention(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Cross-attention fusion: attention branch without residual, MLP branch with one."""
+    """Cross-attention fusion: attention branch without residual (official) or with one given by the caller,
+    MLP branch with one."""
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, eps: float = 1e-6,
                  rpe_first_head: bool = False) -> None:  # fmt: skip
@@ -121,6 +122,10 @@ class FusionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, buckets: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, query_pos: torch.Tensor, buckets: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """`residual` [B, Nq, D], when given, is added to the attention branch (not in the official block)."""
         x = self.attn(self.norm1(x), query_pos, buckets)
+        if residual is not None:
+            x = x + residual
         return x + self.mlp(self.norm2(x))

@@ -40,6 +40,7 @@ class AnySatConfig:
     grad_checkpointing: bool = False
     official_aerial_order: bool = False
     official_irpe: bool = False
+    fusion_residual: bool = True
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -72,13 +73,14 @@ class AnySatConfig:
                 "ltae_skip_masked": self.ltae_skip_masked,
                 "grad_checkpointing": self.grad_checkpointing,
                 "official_aerial_order": self.official_aerial_order,
-                "official_irpe": self.official_irpe}  # fmt: skip
+                "official_irpe": self.official_irpe, "fusion_residual": self.fusion_residual}  # fmt: skip
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AnySatConfig:
         """Inverse of `to_dict`; modalities may be official keys or full descriptions."""
         reject_unknown_fields(cls, raw, "AnySatConfig")
         data = dict(raw)
+        data.setdefault("fusion_residual", False)  # saved before the switch existed: built without it
         if "modalities" in data:
             data["modalities"] = resolve_modalities(data["modalities"])
         return cls(**data)

@@ -190,7 +190,11 @@ class AnySat(nn.Module):
         q_buckets = full_buckets[rows[:, :, None], rows[:, None, :]]  # [B, Q, prefix+K]
         key_buckets = torch.cat([q_buckets[..., :prefix], q_buckets[..., prefix:].repeat(1, 1, m)], dim=-1)
         query_pos = torch.cat([torch.zeros(b, prefix, d, device=x.device, dtype=x.dtype), patch_pos[sel]], dim=1)
-        out = self.fusion(x, query_pos, key_buckets)  # [B, Q, D]
+        residual = None
+        if self.config.fusion_residual:  # each query keeps its own token: CLS, tile slots, its patch (mean over M)
+            own = x[:, prefix:].reshape(b, m, k, d).mean(1)
+            residual = torch.cat([x[:, :prefix], own], dim=1)
+        out = self.fusion(x, query_pos, key_buckets, residual)  # [B, Q, D]
         return torch.cat([out[:, :1], out[:, prefix:]], dim=1)
 
     # -- inference -------------------------------------------------------------------------------------------

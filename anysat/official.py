@@ -92,7 +92,8 @@ def load_official(path_or_state_dict: str | Path | Mapping[str, Any], *, size: s
             raise ValueError(f"checkpoint has projectors {unknown} that are not official keys; pass modalities=")
         modalities = [m for m in OFFICIAL_MODALITIES if m in present]
     config = AnySatConfig(size=size, modalities=tuple(modalities),  # type: ignore[arg-type]
-                          official_aerial_order=official_aerial_order, official_irpe=official_irpe)  # fmt: skip
+                          official_aerial_order=official_aerial_order, official_irpe=official_irpe,
+                          fusion_residual=False)  # fmt: skip
     model = AnySat(config)
     wanted = model.state_dict()
     converted = convert_official_state_dict(state, depth=depth)

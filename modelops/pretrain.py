@@ -119,9 +119,7 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         if tracker is not None and (r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps):
             tracker.log_metrics(r.metrics(), step=r.step)
         if r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps:
-            progress.update(r.step, detail=f"loss {r.loss:.4f} (pred {r.loss_pred:.4f} nce {r.loss_nce:.4f}) lr "
-                            f"{r.lr:.2e} ema {r.ema_momentum:.5f} {r.samples_per_s:.1f} samples/s wait "
-                            f"{100 * r.data_wait_share:.0f}%")  # fmt: skip
+            progress.update(r.step, detail=r.line().removeprefix(f"step {r.step} "))
         if cfg.run.fail_at_step and r.step == cfg.run.fail_at_step and restore is None and rank == world - 1:
             log.warning("fail_at_step=%d (test-only): rank %d exits abruptly", r.step, rank)
             os._exit(1)

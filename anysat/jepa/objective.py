@@ -19,8 +19,9 @@ from anysat.jepa.loss import mil_nce, prediction_loss
 from anysat.jepa.masks import MaskConfig, sample_masks
 from anysat.jepa.predictor import Predictor
 from anysat.model import AnySat
+from anysat.pos_embed import sincos_2d
 
-__all__ = ["Jepa", "JepaConfig", "JepaOutput", "drop_dates"]
+__all__ = ["Jepa", "JepaConfig", "JepaOutput", "drop_dates", "normalise_targets", "variance_covariance"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,20 @@ class JepaConfig:
         predictor_heads: Predictor attention heads.
         nce_weight: Weight of the MIL-NCE term.
         nce_temperature: MIL-NCE temperature.
+        target_norm: How target tokens are normalised. `"layer"` (official): LayerNorm of each fused target
+            token. `"batch"` (default): LayerNorm, then each dimension standardised over the batch's samples and
+            patches, so the targets are the tokens' input-dependent variation; a constant predictor then scores
+            ~0.4 instead of ~0.02, and an encoder whose output does not depend on its input cannot lower the
+            loss (see docs/TRAINING.md, "Collapse").
+        target_layer: Which target-encoder tokens are predicted. `"fused"` (official): the fused patch tokens
+            after the cross-attention fusion, whose learned, input-independent queries and missing residual make
+            every patch's token nearly the tile average. `"patch"` (default): each patch's own token from the
+            shared spatial encoder (position encoding removed), averaged over modalities: the content of the
+            hidden patch itself, so the context must say something about it.
+        var_weight: Weight of a variance hinge (VICReg-style: mean of relu(1 − std)) on the student's
+            per-modality patch tokens, std across the batch's samples at each patch; 0 = off (official; default 1).
+        cov_weight: Weight of the VICReg covariance term (squared off-diagonal covariances / D) on the same
+            tokens; 0 = off (official; default 0.04).
         seed: Seed of the mask generator (advanced once per step, so masks are reproducible).
     """
 
@@ -45,7 +60,19 @@ class JepaConfig:
     predictor_heads: int = 16
     nce_weight: float = 1.0
     nce_temperature: float = 0.1
+    target_norm: str = "batch"
+    target_layer: str = "patch"
+    var_weight: float = 1.0
+    cov_weight: float = 0.04
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.target_norm not in ("layer", "batch"):
+            raise ValueError(f"target_norm must be 'layer' or 'batch', got {self.target_norm!r}")
+        if self.target_layer not in ("fused", "patch"):
+            raise ValueError(f"target_layer must be 'fused' or 'patch', got {self.target_layer!r}")
+        if self.var_weight < 0 or self.cov_weight < 0:
+            raise ValueError(f"var_weight and cov_weight must be >= 0, got {self.var_weight}, {self.cov_weight}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,40 @@ def drop_dates(x: Mapping[str, torch.Tensor], keys: list[str], ratio: float,
         rank = scores.argsort(1).argsort(1)
         out[f"{key}_mask"] = mask & (rank < n_keep[:, None])
     return out
+
+
+def normalise_targets(tokens: torch.Tensor, mode: str, eps: float = 1e-5) -> torch.Tensor:
+    """Target tokens [B, N, D] → normalised targets: `layer` (per token) or `batch` (then per dim over B·N)."""
+    out = F.layer_norm(tokens.float(), (tokens.shape[-1],))
+    if mode == "batch":
+        flat = out.reshape(-1, out.shape[-1])
+        out = (out - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + eps)
+    return out.to(tokens.dtype)
+
+
+def variance_covariance(tokens: torch.Tensor, target_std: float = 1.0,
+                        eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """VICReg-style terms on per-modality patch tokens [B, M, N, D], measured ACROSS SAMPLES at each position.
+
+    Statistics are taken over the batch at a fixed (modality, patch) so that the position encoding, which is the
+    same for every sample, can neither satisfy the variance term nor hide a collapsed encoder.
+
+    Returns:
+        (variance, covariance): mean over (modality, patch, dim) of relu(target_std − std over B), and the
+        sum of squared off-diagonal covariances / D, per modality over the centred B·N rows, averaged over M.
+    """
+    x = tokens.float()
+    b, m, n, d = x.shape
+    if b < 2:
+        zero = x.new_zeros(())
+        return zero, zero
+    centred = x - x.mean(0, keepdim=True)
+    std = torch.sqrt(centred.pow(2).sum(0) / (b - 1) + eps)  # [M, N, D]
+    variance = F.relu(target_std - std).mean()
+    rows = centred.permute(1, 0, 2, 3).reshape(m, b * n, d)
+    cov = rows.transpose(1, 2) @ rows / (b * n - 1)  # [M, D, D]
+    off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
+    return variance, (off.pow(2).sum((1, 2)) / d).mean()
 
 
 class Jepa(nn.Module):
@@ -112,8 +173,13 @@ class Jepa(nn.Module):
         with torch.no_grad():
             self.target.eval()
             full = self.target.embed_modalities(x, patch_size=patch_size)
-            fused_t = self.target.fuse(full.tokens, grid=full.grid, scale=full.scale, tile_tokens=full.tile_tokens)
-            target_tokens = F.layer_norm(fused_t[:, 1:], (fused_t.shape[-1],))  # [B, N, D]
+            if self.config.target_layer == "patch":
+                pos = sincos_2d(full.tokens.shape[-1], full.grid, float(full.scale), device=full.tokens.device)
+                raw = (full.tokens - pos.to(full.tokens.dtype)).mean(1)  # [B, N, D]
+            else:
+                raw = self.target.fuse(full.tokens, grid=full.grid, scale=full.scale,
+                                       tile_tokens=full.tile_tokens)[:, 1:]  # fmt: skip
+            target_tokens = normalise_targets(raw, self.config.target_norm)  # [B, N, D]
         x_student = drop_dates(x, series, self.config.date_drop_ratio, self.generator)
         emb = self.student.embed_modalities(x_student, patch_size=patch_size)
         b = emb.tokens.shape[0]
@@ -126,7 +192,11 @@ class Jepa(nn.Module):
         want = torch.gather(target_tokens, 1, tgt_idx[..., None].expand(-1, -1, target_tokens.shape[-1]))
         loss_pred = prediction_loss(pred, want)
         loss_nce = mil_nce(emb.tokens, temperature=self.config.nce_temperature)
-        return JepaOutput(loss_pred + self.config.nce_weight * loss_nce, loss_pred.detach(), loss_nce.detach())
+        loss = loss_pred + self.config.nce_weight * loss_nce
+        if self.config.var_weight > 0 or self.config.cov_weight > 0:
+            var, cov = variance_covariance(emb.tokens)
+            loss = loss + self.config.var_weight * var + self.config.cov_weight * cov
+        return JepaOutput(loss, loss_pred.detach(), loss_nce.detach())
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

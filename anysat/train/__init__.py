@@ -7,9 +7,13 @@ from anysat.train.checkpoint import load_checkpoint, read_state, save_checkpoint
 from anysat.train.config import OptimConfig
 from anysat.train.distributed import rank_and_world, wrap_ddp
 from anysat.train.loop import StepReport, Trainer, TrainState, fit
+from anysat.train.monitor import CollapseError, Monitor, MonitorConfig
 from anysat.train.schedule import lr_at
 
 __all__ = [
+    "CollapseError",
+    "Monitor",
+    "MonitorConfig",
     "OptimConfig",
     "StepReport",
     "TrainState",

@@ -11,6 +11,7 @@ Under torch DDP the caller passes the wrapped module as `forward`; everything el
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ from torch import nn
 
 from anysat.jepa import Jepa, momentum_at
 from anysat.train.config import OptimConfig
+from anysat.train.monitor import Monitor
 from anysat.train.schedule import lr_at
 
 __all__ = ["StepReport", "TrainState", "Trainer", "fit"]
@@ -64,6 +66,7 @@ class StepReport:
     samples: int
     step_time_s: float
     data_wait_s: float
+    monitor: dict[str, float] = field(default_factory=dict)
 
     @property
     def samples_per_s(self) -> float:
@@ -78,7 +81,17 @@ class StepReport:
         """Flat metric names for trackers."""
         return {"loss": self.loss, "loss_pred": self.loss_pred, "loss_nce": self.loss_nce, "lr": self.lr,
                 "ema_momentum": self.ema_momentum, "grad_norm": self.grad_norm, "epoch": float(self.epoch),
-                "samples_per_s": self.samples_per_s, "data_wait_share": self.data_wait_share}  # fmt: skip
+                "samples_per_s": self.samples_per_s, "data_wait_share": self.data_wait_share,
+                **self.monitor}  # fmt: skip
+
+    def line(self) -> str:
+        """The printed step line: loss terms, lr, EMA, throughput, and the collapse monitor when measured."""
+        text = (f"step {self.step} loss {self.loss:.4f} (pred {self.loss_pred:.4f} nce {self.loss_nce:.4f}) "
+                f"lr {self.lr:.2e} ema {self.ema_momentum:.5f} {self.samples_per_s:.1f} samples/s "
+                f"wait {100 * self.data_wait_share:.0f}%")  # fmt: skip
+        if self.monitor:
+            text += " | " + " ".join(f"{k} {v:.4g}" for k, v in self.monitor.items())
+        return text
 
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -186,7 +199,8 @@ def _next_micro_batches(it: Iterator[Batch], k: int) -> tuple[list[Batch], float
 
 def fit(trainer: Trainer, batches_for: Callable[[int, int], Iterable[Batch]], *,
         report: Callable[[StepReport], None] = lambda r: None,
-        checkpoint: Callable[[Trainer], None] | None = None, checkpoint_every: int = 0) -> TrainState:  # fmt: skip
+        checkpoint: Callable[[Trainer], None] | None = None, checkpoint_every: int = 0,
+        monitor: Monitor | None = None) -> TrainState:  # fmt: skip
     """Train until `trainer.config.total_steps`, resuming from `trainer.state`.
 
     Args:
@@ -195,14 +209,20 @@ def fit(trainer: Trainer, batches_for: Callable[[int, int], Iterable[Batch]], *,
         report: Called after every step with its `StepReport`.
         checkpoint: Called with the trainer every `checkpoint_every` steps and after the last step.
         checkpoint_every: Steps between checkpoints; 0 = only at the end.
+        monitor: Collapse monitor (rank 0 only): measured before the first step and every `eval_every` steps;
+            its metrics go into that step's `StepReport.monitor` (the first one into the first step's).
 
     Returns:
         The final state.
 
     Raises:
         ValueError: An epoch yields no batch at all (nothing to train on).
+        CollapseError: The monitor's guard asked to stop.
     """
     state, total, k = trainer.state, trainer.config.total_steps, trainer.config.accumulate
+    pending: dict[str, float] = {}
+    if monitor is not None and monitor.due(state.step):
+        pending = {f"{name}_start" if state.step == 0 else name: v for name, v in monitor.measure(trainer).items()}
     while state.step < total:
         it = iter(batches_for(state.epoch, state.batches_in_epoch))
         drew_any = state.batches_in_epoch > 0
@@ -214,6 +234,11 @@ def fit(trainer: Trainer, batches_for: Callable[[int, int], Iterable[Batch]], *,
             drew_any = True
             result = trainer.step(micro, data_wait_s=waited)
             state.batches_in_epoch += len(micro)
+            if monitor is not None and monitor.due(state.step):
+                pending.update(monitor.measure(trainer))
+            if pending:
+                result = dataclasses.replace(result, monitor={**result.monitor, **pending})
+                pending = {}
             report(result)
             due = checkpoint_every > 0 and state.step % checkpoint_every == 0
             if checkpoint is not None and (due or state.step == total):

@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 __all__ = ["ProbeResult", "forest_probe", "knn_probe", "linear_probe"]
 
-DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+DEFAULT_CS = (0.01, 0.1, 1.0)
 DEFAULT_KS = (1, 3, 5, 10, 20)
 
 
@@ -123,8 +123,8 @@ def _result(name: str, model: Any, ex: np.ndarray, ey: np.ndarray, ty: np.ndarra
 
 
 def linear_probe(train_X: np.ndarray, train_y: np.ndarray, test_X: np.ndarray, test_y: np.ndarray,
-                 groups: np.ndarray | None = None, *, Cs: Sequence[float] = DEFAULT_CS, n_splits: int = 5,
-                 max_iter: int = 2000) -> ProbeResult:  # fmt: skip
+                 groups: np.ndarray | None = None, *, Cs: Sequence[float] = DEFAULT_CS, n_splits: int = 3,
+                 max_iter: int = 500) -> ProbeResult:  # fmt: skip
     """Class-balanced multinomial logistic regression on standardised features.
 
     Args:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from anysat import AnySat
+from anysat.metrics import effective_rank
 from modelops import from_registry
 from anysat.train import read_state
 from pipeline.config import load_config
@@ -63,7 +64,7 @@ def _pretrain_args(store: Path, runs: Path, name: str, *extra: str) -> list[str]
 NO_MLFLOW = {"MLFLOW_TRACKING_URI": ""}
 
 
-def test_the_loss_falls_on_the_demo_store(demo_store: Path, tmp_path: Path) -> None:
+def test_the_loss_falls_on_the_demo_store_without_collapse(demo_store: Path, tmp_path: Path) -> None:
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "learn", "optim.total_steps=30",
                                              "optim.warmup_steps=3", "optim.lr=0.001", "run.checkpoint_every=0"),
                NO_MLFLOW)  # fmt: skip
@@ -72,6 +73,21 @@ def test_the_loss_falls_on_the_demo_store(demo_store: Path, tmp_path: Path) -> N
     assert len(losses) == 30 and np.isfinite(losses).all()
     first, last = losses[:5].mean(), losses[-5:].mean()
     assert last < 0.85 * first, f"the loss went from {first:.3f} to {last:.3f}"
+    # and the encoder did not get there by collapsing: the effective rank of its fused patch tokens on the
+    # store's chips stays >= half that of the same architecture at its initial weights (the job's seed 0)
+    src = DatasetSource(str(demo_store), modalities={"s2": "s2", "s1": "s1-asc"})
+    batch = next(iter_batches(LoaderConfig((src,), batch_size=8, patch_sizes_m=(40,), shuffle_buffer=0,
+                                           drop_last=False)))  # fmt: skip
+    x = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    trained = AnySat.load(Path(_summary(out)["checkpoint"]) / "student")
+    torch.manual_seed(0)
+    init = AnySat(trained.config)
+    ranks = []
+    for model in (init, trained):
+        with torch.no_grad():
+            tokens = model.eval()(x, patch_size=40, output="all")[:, 1:]
+        ranks.append(effective_rank(tokens.reshape(-1, tokens.shape[-1])))
+    assert ranks[1] >= 0.5 * ranks[0], f"the effective rank collapsed from {ranks[0]:.2f} to {ranks[1]:.2f}"
 
 
 def test_resume_after_an_abrupt_exit_reproduces_the_uninterrupted_run(demo_store: Path, tmp_path: Path) -> None:

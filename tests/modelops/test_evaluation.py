@@ -52,7 +52,7 @@ def test_probes_separate_informative_from_random_features() -> None:
                         groups[tr])  # fmt: skip
     bad = linear_probe(noise[tr], y[tr], noise[te], y[te], groups[tr])
     assert good.balanced_accuracy > 0.9 and bad.balanced_accuracy < 0.5
-    assert good.params["C"] in (0.001, 0.01, 0.1, 1.0, 10.0) and good.params["cv_balanced_accuracy"]
+    assert good.params["C"] in (0.01, 0.1, 1.0) and good.params["cv_balanced_accuracy"]
     assert good.confusion.sum() == te.sum() and good.confusion.shape == (3, 3)
     assert set(good.per_class_f1) == {0, 1, 2} and min(good.per_class_f1.values()) > 0.8
     knn = knn_probe(informative[tr], y[tr], informative[te], y[te], groups[tr])

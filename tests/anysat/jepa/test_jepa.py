@@ -15,6 +15,8 @@ from torch import nn
 from anysat import AnySat, AnySatConfig
 from anysat.jepa import Jepa, JepaConfig, MaskConfig, drop_dates, ema_update, mil_nce, momentum_at, prediction_loss
 from anysat.jepa import sample_masks
+from anysat.jepa.objective import normalise_targets, variance_covariance
+from anysat.metrics import effective_rank
 
 SAMPLES = Path(__file__).resolve().parents[3] / "data" / "samples" / "bigearthnet"
 
@@ -113,12 +115,21 @@ def test_target_gets_no_gradient_and_the_student_does() -> None:
     assert torch.isfinite(out.loss) and out.loss_nce > 0 and out.loss_pred > 0
 
 
-def test_loss_falls_over_50_steps_on_a_real_batch() -> None:
+def _rank(model: AnySat, batch: dict[str, object]) -> float:
+    """Effective rank of the fused patch tokens of the full input (what the training monitor watches)."""
+    with torch.no_grad():
+        x = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        out = model(x, patch_size=int(batch["patch_size"]), output="all")  # type: ignore[call-overload]
+    return effective_rank(out[:, 1:].reshape(-1, out.shape[-1]))
+
+
+def test_loss_falls_over_50_steps_on_a_real_batch_without_collapse() -> None:
     torch.manual_seed(0)
     jepa = Jepa(AnySat(AnySatConfig(size="tiny", modalities=("s2", "s1-asc"))), JepaConfig(seed=1))
     params = [p for p in jepa.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.05)
     batch = _real_batch()
+    rank0 = _rank(jepa.student, batch)
     losses = []
     for step in range(50):
         out = jepa(batch)
@@ -130,3 +141,29 @@ def test_loss_falls_over_50_steps_on_a_real_batch() -> None:
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert np.isfinite(losses).all()
     assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
+    rank = _rank(jepa.student, batch)
+    assert rank >= 0.5 * rank0, f"the effective rank collapsed from {rank0:.2f} to {rank:.2f}"
+
+
+def test_target_normalisation_and_variance_covariance_terms() -> None:
+    gen = torch.Generator().manual_seed(0)
+    tokens = 5.0 + torch.randn(4, 9, 16, generator=gen) * torch.linspace(0.1, 3.0, 16)
+    layer = normalise_targets(tokens, "layer")
+    assert torch.allclose(layer.mean(-1), torch.zeros(4, 9), atol=1e-5)
+    batch = normalise_targets(tokens, "batch").reshape(-1, 16)
+    assert torch.allclose(batch.mean(0), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(batch.std(0, unbiased=False), torch.ones(16), atol=1e-3)
+    # a constant predictor scores ~0.02 on near-constant layer-normed targets, ~0.4 on batch-standardised ones
+    near_const = torch.randn(1, 1, 16, generator=gen) + 0.05 * torch.randn(8, 9, 16, generator=gen)
+    const_pred = normalise_targets(near_const, "layer").mean((0, 1), keepdim=True).expand(8, 9, 16)
+    assert float(prediction_loss(const_pred, normalise_targets(near_const, "layer"))) < 0.05
+    assert float(prediction_loss(torch.zeros(8, 9, 16), normalise_targets(near_const, "batch"))) > 0.3
+    healthy = torch.randn(32, 2, 9, 16, generator=gen)
+    var_h, cov_h = variance_covariance(healthy)
+    collapsed = torch.randn(1, 2, 9, 16, generator=gen).expand(32, -1, -1, -1)  # same for every sample
+    var_c, _ = variance_covariance(collapsed + torch.randn(1, 1, 9, 1))  # a position-only signal does not help
+    correlated = torch.randn(32, 2, 9, 1, generator=gen).expand(-1, -1, -1, 16)  # one direction repeated
+    _, cov_c = variance_covariance(correlated)
+    assert float(var_h) < 0.1 and float(var_c) > 0.95 and float(cov_c) > 10 * float(cov_h)
+    with pytest.raises(ValueError, match="target_norm"):
+        JepaConfig(target_norm="none")
