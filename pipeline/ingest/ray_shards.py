@@ -42,7 +42,10 @@ class _ShardWorker:
     """One worker process of the pool: imports the ingestion code once, then runs shard tasks."""
 
     def __init__(self) -> None:
-        import pipeline.ingest.run  # noqa: F401 - the shard task's modules, imported before the first shard
+        # the shard task's heavy modules, imported before the first shard arrives
+        import pipeline.ingest.chips  # noqa: F401
+        import pipeline.ingest.raster_reader  # noqa: F401
+        import pipeline.store.shards  # noqa: F401
 
     def ready(self) -> bool:
         return True
