@@ -178,7 +178,8 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     if not rows:
         return []
     if use_ray:
-        return run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries)
+        return run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries,
+                               driver_writes=config.driver_writes)  # fmt: skip
     return [task(r) for r in rows]
 
 
