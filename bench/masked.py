@@ -68,6 +68,24 @@ def series(valid: np.ndarray, doy: np.ndarray, *, start: int, t: int, px: int, s
     return {"s2": x, "s2_dates": torch.from_numpy(doy[start : start + t]).float()[None], "s2_valid": ok}
 
 
+def ltae_mac_share(size: str, px: int, t: int, patch_px: int = 4) -> float:
+    """Share of the L-TAE in the model's multiply-adds (dense series; forward, the backward scales alike).
+
+    L-TAE per pixel-date: the input MLP (C → D/8 → D/2 → D → 2D → D) and the keys (D → 128); per pixel: the
+    output MLP. Spatial encoder: per token and block 12·D² (qkv, projection, MLP ×4) + 2·N·D for attention, over
+    (1 + patch_px²) tokens per patch; the backbone and fusion over 1 + patches tokens.
+    """
+    from anysat.config import SIZES
+
+    d, depth, _ = SIZES[size]
+    pixels, patches = px * px, (px // patch_px) ** 2
+    ltae = pixels * t * (10 * d // 8 + d // 8 * d // 2 + d // 2 * d + 2 * d * d + 2 * d * d + 128 * d) + pixels * d * d
+    tokens = 1 + patch_px**2
+    spatial = patches * depth * tokens * (12 * d * d + 2 * tokens * d)
+    backbone = (depth + 1) * (1 + patches) * (12 * d * d + 2 * (1 + patches) * d)
+    return ltae / (ltae + spatial + backbone)
+
+
 def _official(path: str, size: str):  # noqa: ANN202 - the official class
     sys.path[:0] = [path, str(Path(path) / "src")]
     import hubconf  # the official checkout's torch.hub entry point
@@ -144,6 +162,10 @@ def measure(size: str, px: int, dates: list[int], repeats: int, official: str | 
                "skip_vs_noskip_rel_diff": diff if masked else None, "max_abs_diff_vs_official": vs_off}  # fmt: skip
         if "official" in med:
             row["official_over_ours_skip"] = round(med["official"] / med["ours skip"], 2)
+        mac_share = ltae_mac_share(size, px, t)
+        row["ltae_mac_share"] = round(mac_share, 3)
+        if masked:  # what skipping alone can give if everything else costs the same
+            row["skip_bound_from_macs"] = round(1 / (1 - mac_share * share), 2)
         if "official L-TAE" in med:
             row["official_ltae_share"] = round(med["official L-TAE"] / med["official"], 2)
         if masked:
@@ -177,13 +199,14 @@ def main() -> None:
         rows += measure(size, int(sides.get(size, 32)), args.dates, args.repeats, args.official, args.start)
     load_after = os.getloadavg()
     print(f"{'size':<5} {'px':>3} {'T':>3} {'case':<7} {'invalid':>7} {'official s':>10} {'no-skip s':>9} "
-          f"{'skip s':>7} {'off/skip':>8} {'noskip/skip':>11} {'off L-TAE share':>15}")  # fmt: skip
+          f"{'skip s':>7} {'off/skip':>8} {'noskip/skip':>11} {'off L-TAE share':>15} {'L-TAE MACs':>10} "
+          f"{'MAC bound':>9}")  # fmt: skip
     for r in rows:
         m = r["best_s"]
         print(f"{r['size']:<5} {r['px']:>3} {r['T']:>3} {r['case']:<7} {r['invalid_share']:>7} "
               f"{m.get('official', float('nan')):>10} {m.get('ours no-skip', float('nan')):>9} {m['ours skip']:>7} "
               f"{r.get('official_over_ours_skip', float('nan')):>8} {r.get('noskip_over_skip', float('nan')):>11} "
-              f"{r.get('official_ltae_share', ''):>15}")
+              f"{r.get('official_ltae_share', ''):>15} {r['ltae_mac_share']:>10} {r.get('skip_bound_from_macs', ''):>9}")
     print(json.dumps({"bench": "masked", "machine": platform.machine(), "cpus": os.cpu_count(),
                       "torch": torch.__version__, "threads": args.threads, "patch_size_m": 40,
                       "load_avg_before": [round(v, 2) for v in load], "load_avg_after": [round(v, 2) for v in load_after],

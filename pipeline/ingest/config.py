@@ -121,7 +121,9 @@ class IngestConfig:
         store: Dataset root: a local path or `s3://bucket/prefix`.
         chips_per_shard: Chips per Zarr shard (one Ray task per shard); 64 by default, the size that fits object
             stores for single-date 64 px chips (docs/INGESTION.md, "Shard size").
-        concurrency: Shards written at once.
+        concurrency: Shards written at once (the number of Ray shard workers).
+        driver_writes: With Ray, the driver also writes shards until the first shard worker is up (hides the
+            workers' start-up on short jobs); False leaves every shard to the workers.
         max_retries: Retries of a transient read failure (HTTP 5xx/429, timeout, dropped connection) inside a
             shard task, and retries of a failed shard task by Ray.
         retry_backoff_s: Wait before the first retry of a read, doubled at each further retry.
@@ -138,6 +140,7 @@ class IngestConfig:
     store: str = "out/dataset"
     chips_per_shard: int = 64
     concurrency: int = 2
+    driver_writes: bool = True
     max_retries: int = 3
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 8.0

@@ -10,12 +10,13 @@ each task added ~20–40 ms (docs/BENCHMARKS.md). Here:
   while the driver searches, freezes the manifest and plans chips;
 - the pool is kept for the job (the driver process and its Ray connection): every later write of the same job
   (another dataset, an incremental pass) reuses the warm workers instead of paying start-up again;
-- start-up is kept off the critical path of small jobs: each worker gets one shard at once, and until the
-  first of them answers the driver (whose process has the code imported already) writes shards itself; from
-  then on shards go to the workers, two in flight per worker so that none idles between tasks. On a fresh
-  cluster the workers' start (a Ray worker process importing GDAL/rasterio, pandas, zarr codecs: ~1 s of
-  CPU, seconds under load) costs a short job little; a long job hands the driver only its first seconds;
-  results come back in the order of the rows;
+- start-up is kept off the critical path of short jobs: a worker gets shards once it has answered that it is
+  up, two in flight at a time so that it never idles between tasks, and until the first worker is up the
+  driver (whose process has the code imported already) writes shards itself (`driver_writes`, the
+  ingestion's `driver_writes`). On a fresh cluster a worker's start (a Ray worker process importing
+  GDAL/rasterio, pandas, zarr codecs: ~1 s of CPU, several seconds on a loaded machine) is then paid by a
+  short job only if it outlasts the whole job's work in the driver; a long job hands the driver only its
+  first seconds. Results come back in the order of the rows;
 - actors are placed with the SPREAD strategy (shards are written on every node of a cluster) and need no CPU
   reservation once started (Ray's default for actors), so an idle pool does not hold back a later Ray Train or
   Ray Data stage of the same job; concurrency is the pool's size;
@@ -92,45 +93,46 @@ def release_shard_workers() -> None:
 
 
 def run_shard_tasks(task: Callable[[dict[str, Any]], dict[str, Any]], rows: list[dict[str, Any]], *,
-                    concurrency: int, max_retries: int = 3,
-                   on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                    concurrency: int, max_retries: int = 3, driver_writes: bool = True,
+                    on_done: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run `task` on every row on the job's shard workers; the results in the order of `rows` (`on_done` is
     called with each result as it arrives, e.g. for progress lines).
 
-    Each worker is given one row at once. While none of them has answered yet (they are starting and importing
-    the ingestion code), the driver, which has it imported, writes further rows itself; from the first answer on,
-    rows go to the workers only, `IN_FLIGHT_PER_WORKER` at a time each. `LAST_RUN` records the split.
+    A worker gets rows once it has answered `ready` (it has started and imported the ingestion code),
+    `IN_FLIGHT_PER_WORKER` at a time. With `driver_writes`, until the first worker is ready the driver, which has
+    the code imported, writes rows itself, so that the workers' start-up is not on the critical path of a short
+    job; without it, rows wait for the workers. `LAST_RUN` records the split.
     """
     ray = _ray()
     actors = start_shard_workers(concurrency, max_retries=max_retries)
     task_ref = ray.put(task)  # serialised once, not once per shard
     todo = deque(enumerate(rows))
+    starting = {actor.ready.remote(): actor for actor in actors}
     pending: dict[Any, tuple[int, Any]] = {}  # object ref -> (row index, actor)
     results: list[dict[str, Any] | None] = [None] * len(rows)
-    in_flight = {id(a): 0 for a in actors}
+    by_driver = 0
 
     def submit(actor: Any) -> None:
         index, row = todo.popleft()
         pending[actor.write.remote(task_ref, row)] = (index, actor)
-        in_flight[id(actor)] += 1
 
-    for actor in actors:
-        if todo:
-            submit(actor)
-    by_driver = 0
-    while todo and not ray.wait(list(pending), num_returns=1, timeout=0)[0]:
-        index, row = todo.popleft()  # the workers are still starting: this process writes the shard
+    while todo and driver_writes and not ray.wait(list(starting), num_returns=1, timeout=0)[0]:
+        index, row = todo.popleft()  # no worker is up yet: this process writes the shard
         results[index] = task(row)
         by_driver += 1
         if on_done:
             on_done(results[index])
-    for actor in actors:
-        while todo and in_flight[id(actor)] < IN_FLIGHT_PER_WORKER:
-            submit(actor)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
+    while todo or pending:
+        waiting = list(pending) + (list(starting) if todo else [])
+        done, _ = ray.wait(waiting, num_returns=1)
+        if done[0] in starting:
+            actor = starting.pop(done[0])
+            ray.get(done[0])  # raises if the worker could not start
+            for _ in range(IN_FLIGHT_PER_WORKER):
+                if todo:
+                    submit(actor)
+            continue
         index, actor = pending.pop(done[0])
-        in_flight[id(actor)] -= 1
         results[index] = ray.get(done[0])
         if on_done:
             on_done(results[index])

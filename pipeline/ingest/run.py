@@ -219,7 +219,8 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     if use_ray:
         if check is not None:
             check()
-        run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries, on_done=done)
+        run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries,
+                        driver_writes=config.driver_writes, on_done=done)  # fmt: skip
     else:
         for row in rows:
             if check is not None:

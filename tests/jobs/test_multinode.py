@@ -202,10 +202,11 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
     mn = two_nodes
     prefix = f"tests/multinode-{uuid.uuid4().hex[:8]}"
     store = f"{stack_env['ANYSAT_STORE_URL']}/{prefix}/demo-dataset"
-    # 240 m chips, 2 per shard: 16 chips in 8 shards, enough for the pretraining's two ranks below
+    # 240 m chips, 2 per shard: 16 chips in 8 shards, enough for the pretraining's two ranks below; every shard
+    # on the cluster's shard workers (the driver does not stand in while they start)
     out = _run(mn, [sys.executable, str(ROOT / "jobs" / "ingest.py"), "--config",
                     str(ROOT / "configs" / "ingest-demo.yaml"), "--set", f"store={store}",
-                    "--set", "grid.chip_size_m=240", "--set", "chips_per_shard=2"],
+                    "--set", "grid.chip_size_m=240", "--set", "chips_per_shard=2", "--set", "driver_writes=false"],
                {"RAY_ADDRESS": mn.cluster.address})  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
