@@ -30,6 +30,7 @@ demo: venv
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "Zarr shards: $(CURDIR)/out/demo-dataset/shards (xarray.open_zarr(url, group='s2', zarr_format=3, consolidated=False))"
+	$(VENV)/bin/anysat-stac inspect $(CURDIR)/out/demo-dataset
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/pretrain.py --config configs/pretrain-demo.yaml --set data.datasets.0.url=$(CURDIR)/out/demo-dataset \
 		--set run.storage=$(CURDIR)/out/runs --set run.name=$(DEMO_RUN)
