@@ -32,6 +32,7 @@ demo: venv
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "The store, every shard as one lazy xarray DataTree: $(VPY) -c \"import pipeline; print(pipeline.open_store('$(CURDIR)/out/demo-dataset'))\""
+	$(VENV)/bin/anysat-stac inspect $(CURDIR)/out/demo-dataset
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
 		python jobs/ingest.py --config configs/ingest-landcover.yaml --set store=$(CURDIR)/out/landcover-dataset
 	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
