@@ -17,12 +17,14 @@ import os
 import sys
 
 from modelops.cli._args import Parser, command, pairs, server_uri
+from pipeline.logs import install_redaction
 
 __all__ = ["main"]
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = Parser(prog="embed", description=__doc__)
     parser.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a dir")
     parser.add_argument("--store", default="out/demo-dataset", help="dataset root written by the ingestion")

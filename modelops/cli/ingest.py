@@ -27,6 +27,7 @@ from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, conf
 from modelops.cli.preflight import check_collections, check_stac_api, check_store
 from pipeline.errors import PipelineError
 from pipeline.ingest.config import IngestConfig
+from pipeline.logs import install_redaction
 
 log = logging.getLogger("ingest")
 
@@ -59,12 +60,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stac-url", default=os.environ.get("STAC_API_URL", ""), help="default STAC API")
     p.add_argument("--no-ray", action="store_true", help="write shards in this process, without Ray")
     p.add_argument("--incremental", action="store_true", help="only what is new or updated since the last run")
-    p.add_argument("--lease-ttl", type=float, default=600.0, help="seconds the incremental lease lasts unrenewed")
+    p.add_argument("--lease-ttl", type=float, default=600.0, help="seconds the dataset lease lasts unrenewed")
     p.add_argument("--no-preflight", action="store_true", help="skip the STAC API and store checks")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     args = parser().parse_args(argv)
     quiet()
     config = load_or_exit(IngestConfig, args)
@@ -86,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["RAY_ADDRESS"] = os.environ.get("RAY_GCS_ADDRESS", "")
         quiet_ray_data()
     signal.signal(signal.SIGTERM, _stop)
+    sas = os.environ.get("PC_SAS_URL") or None  # Planetary Computer's token service (default: the public one)
     try:
         if args.incremental:
             summary = run_incremental(config, stac_url=args.stac_url, use_ray=not args.no_ray,
-                                      lease_ttl_s=args.lease_ttl)  # fmt: skip
+                                      lease_ttl_s=args.lease_ttl, pc_sas_url=sas)  # fmt: skip
         else:
-            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray)
+            summary = run_ingest(config, stac_url=args.stac_url, use_ray=not args.no_ray, lease_ttl_s=args.lease_ttl,
+                                 pc_sas_url=sas)  # fmt: skip
     except LeaseHeld as held:
         print(f"lease held: {held}", file=sys.stderr)
         print(json.dumps({"status": "lease_held", "holder": held.info.owner, "until": held.info.expires_at}, indent=2))

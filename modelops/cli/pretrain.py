@@ -25,6 +25,7 @@ from modelops.cli.preflight import check_store
 from modelops.pretrain_config import PretrainConfig
 from pipeline.config import to_dict
 from pipeline.errors import PipelineError
+from pipeline.logs import install_redaction
 
 log = logging.getLogger("pretrain")
 
@@ -40,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     args = parser().parse_args(argv)
     quiet()
     cfg = load_or_exit(PretrainConfig, args)

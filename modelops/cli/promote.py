@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 
 from modelops.cli._args import Parser, command, server_uri
+from pipeline.logs import install_redaction
 
 __all__ = ["main"]
 
@@ -23,6 +24,7 @@ REFUSED = 3
 
 @command
 def main(argv: list[str] | None = None) -> int:
+    install_redaction()  # no signed URL, token or credential in any log line or warning
     parser = Parser(prog="promote", description=__doc__)
     parser.add_argument("--name", required=True, help="registered model name")
     parser.add_argument("--version", type=int, default=None, help="version to promote (default: the candidate)")

