@@ -175,7 +175,10 @@ def test_training_completes_and_says_so_when_mlflow_is_unreachable(demo_store: P
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "offline", "optim.total_steps=2",
                                              "optim.warmup_steps=1"),
                {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "TMPDIR": str(scratch)})  # fmt: skip
-    assert list(scratch.iterdir()) == [], "pretraining left files in the temp folder"
+    # torch's own per-user compile cache (`torchinductor_<user>`, shared and reused by every torch process) is
+    # not a result of the run; anything else left there is
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [], f"pretraining left files in the temp folder: {left}"
     assert "MLflow unreachable" in out.stderr and "training completed without tracking" in out.stderr
     summary = _summary(out)
     assert summary["steps"] == 2 and summary["tracking"].startswith("off") and summary["version"] is None
