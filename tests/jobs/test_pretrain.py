@@ -64,7 +64,7 @@ def _pretrain_args(store: Path, runs: Path, name: str, *extra: str) -> list[str]
 NO_MLFLOW = {"MLFLOW_TRACKING_URI": ""}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Issue 10 is open: with the new defaults the effective rank of these tiny real batches still falls below half its first value (measured: 29.5 -> 13.5 over 50 steps on 6 BigEarthNet pairs; 4.1 -> 1.7 on the demo store). strict: the guard passing again is reported.")
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason="Issue 10 is open: with the new defaults the effective rank of these tiny real batches still falls below half its first value (measured: 29.5 -> 13.5 over 50 steps on 6 BigEarthNet pairs; 4.1 -> 1.7 on the demo store). Not strict: near the threshold (13.5 vs 14.8) a CPU with other rounding may pass it; an XPASS is shown in the summary.")
 def test_the_loss_falls_on_the_demo_store_without_collapse(demo_store: Path, tmp_path: Path) -> None:
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "learn", "optim.total_steps=30",
                                              "optim.warmup_steps=3", "optim.lr=0.001", "run.checkpoint_every=0"),

@@ -123,7 +123,7 @@ def _rank(model: AnySat, batch: dict[str, object]) -> float:
     return effective_rank(out[:, 1:].reshape(-1, out.shape[-1]))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Issue 10 is open: with the new defaults the effective rank of these tiny real batches still falls below half its first value (measured: 29.5 -> 13.5 over 50 steps on 6 BigEarthNet pairs; 4.1 -> 1.7 on the demo store). strict: the guard passing again is reported.")
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason="Issue 10 is open: with the new defaults the effective rank of these tiny real batches still falls below half its first value (measured: 29.5 -> 13.5 over 50 steps on 6 BigEarthNet pairs; 4.1 -> 1.7 on the demo store). Not strict: near the threshold (13.5 vs 14.8) a CPU with other rounding may pass it; an XPASS is shown in the summary.")
 def test_loss_falls_over_50_steps_on_a_real_batch_without_collapse() -> None:
     torch.manual_seed(0)
     jepa = Jepa(AnySat(AnySatConfig(size="tiny", modalities=("s2", "s1-asc"))), JepaConfig(seed=1))
