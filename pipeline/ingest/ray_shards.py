@@ -26,6 +26,7 @@ each task added ~20–40 ms (docs/BENCHMARKS.md). Here:
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -35,15 +36,16 @@ __all__ = ["release_shard_workers", "run_shard_tasks", "start_shard_workers"]
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_PER_WORKER = 2
-_POOL: dict[str, Any] = {}  # {"key": (job id, size, retries), "actors": [...]} of this driver process
+_POOL: dict[str, Any] = {}  # {"key": (job id, size, retries, preload), "actors": [...]} of this driver process
 LAST_RUN: dict[str, int] = {}  # what the last `run_shard_tasks` did: rows, by_driver, by_workers
 
 
 class _ShardWorker:
-    """One worker process of the pool: imports the ingestion code once, then runs shard tasks."""
+    """One worker process of the pool: imports the shard task's modules once (`preload`), then runs shard tasks."""
 
-    def __init__(self) -> None:
-        import pipeline.ingest.run  # noqa: F401 - the shard task's modules, imported before the first shard
+    def __init__(self, preload: tuple[str, ...]) -> None:
+        for name in preload:  # before the first shard, not inside it
+            importlib.import_module(name)
 
     def ready(self) -> bool:
         return True
@@ -60,19 +62,20 @@ def _ray():  # noqa: ANN202 - the ray module, connected
     return ray
 
 
-def start_shard_workers(concurrency: int, *, max_retries: int = 3) -> list[Any]:
+def start_shard_workers(concurrency: int, *, max_retries: int = 3, preload: tuple[str, ...] = ()) -> list[Any]:
     """The job's pool of `concurrency` shard workers, created now (without waiting) if it does not exist yet.
 
-    Connects to the current Ray cluster (or starts a local one). A new Ray connection (another job) or another
-    size or retry budget replaces the pool.
+    Connects to the current Ray cluster (or starts a local one). Each worker imports the `preload` modules (the
+    shard task's) as it starts. A new Ray connection (another job) or another size, retry budget or preload
+    replaces the pool.
     """
     ray = _ray()
-    key = (ray.get_runtime_context().get_job_id(), concurrency, max_retries)
+    key = (ray.get_runtime_context().get_job_id(), concurrency, max_retries, tuple(preload))
     if _POOL.get("key") == key:
         return _POOL["actors"]
     release_shard_workers()
     cls = ray.remote(max_restarts=max_retries, max_task_retries=max_retries)(_ShardWorker)
-    actors = [cls.options(scheduling_strategy="SPREAD").remote() for _ in range(concurrency)]
+    actors = [cls.options(scheduling_strategy="SPREAD").remote(tuple(preload)) for _ in range(concurrency)]
     _POOL.update(key=key, actors=actors)
     return actors
 
@@ -90,7 +93,8 @@ def release_shard_workers() -> None:
 
 
 def run_shard_tasks(task: Callable[[dict[str, Any]], dict[str, Any]], rows: list[dict[str, Any]], *,
-                    concurrency: int, max_retries: int = 3, driver_writes: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+                    concurrency: int, max_retries: int = 3, driver_writes: bool = True,
+                    preload: tuple[str, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """Run `task` on every row on the job's shard workers; the results in the order of `rows`.
 
     A worker gets rows once it has answered `ready` (it has started and imported the ingestion code),
@@ -99,7 +103,7 @@ def run_shard_tasks(task: Callable[[dict[str, Any]], dict[str, Any]], rows: list
     job; without it, rows wait for the workers. `LAST_RUN` records the split.
     """
     ray = _ray()
-    actors = start_shard_workers(concurrency, max_retries=max_retries)
+    actors = start_shard_workers(concurrency, max_retries=max_retries, preload=preload)
     task_ref = ray.put(task)  # serialised once, not once per shard
     todo = deque(enumerate(rows))
     starting = {actor.ready.remote(): actor for actor in actors}

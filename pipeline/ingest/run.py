@@ -179,7 +179,7 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
         return []
     if use_ray:
         return run_shard_tasks(task, rows, concurrency=config.concurrency, max_retries=config.max_retries,
-                               driver_writes=config.driver_writes)  # fmt: skip
+                               driver_writes=config.driver_writes, preload=(__name__,))  # fmt: skip
     return [task(r) for r in rows]
 
 
@@ -199,7 +199,7 @@ def run_ingest(config: IngestConfig, *, stac_url: str = "", storage_options: Map
     """
     start = time.perf_counter()
     if use_ray:  # worker start-up overlaps the search and the planning below
-        start_shard_workers(config.concurrency, max_retries=config.max_retries)
+        start_shard_workers(config.concurrency, max_retries=config.max_retries, preload=(__name__,))
     opts = dict(storage_options or {})
     layout = StoreLayout(config.store, max_dates={s.modality: s.max_dates for s in config.sensors},
                          storage_options=opts)  # fmt: skip
