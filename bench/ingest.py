@@ -75,7 +75,7 @@ def _limit(manifest_url: str, config: IngestConfig, out: Path) -> tuple[float, i
     return seconds, len(plans), int(arr.nbytes)
 
 
-def _ray_data_map(task, rows, *, concurrency: int, max_retries: int):  # noqa: ANN001, ANN202
+def _ray_data_map(task, rows, *, concurrency: int, max_retries: int, **_pool_options):  # noqa: ANN001, ANN202, ANN003
     """The previous path, for comparison: one Ray Data task per shard."""
     import ray
 
