@@ -26,15 +26,11 @@ from pipeline.times import parse_interval, try_instant
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.state import DatasetState
 
-__all__ = ["KEY", "changed_rows", "items_of", "parse_time", "search_new", "watermarks"]
+__all__ = ["KEY", "changed_rows", "items_of", "search_new", "watermarks"]
 
 log = logging.getLogger(__name__)
 KEY = ["modality", "collection", "item_id"]
 
-
-def parse_time(text: object) -> datetime | None:
-    """An ISO 8601 instant (UTC when it has no zone), or None."""
-    return try_instant(text)
 
 
 def _iso(values: list[datetime]) -> str:
@@ -45,8 +41,8 @@ def watermarks(rows: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Modality -> (latest acquisition datetime, latest `updated`) of the snapshot's items ("" when none)."""
     out: dict[str, tuple[str, str]] = {}
     for modality, group in rows.groupby("modality", sort=True):
-        acquired = [d for d in (parse_time(t) for t in group["datetime"]) if d is not None]
-        updated = [d for d in (parse_time(json.loads(j).get("properties", {}).get("updated"))
+        acquired = [d for d in (try_instant(t) for t in group["datetime"]) if d is not None]
+        updated = [d for d in (try_instant(json.loads(j).get("properties", {}).get("updated"))
                                for j in group["item_json"]) if d is not None]  # fmt: skip
         out[str(modality)] = (_iso(acquired), _iso(updated))
     return out
@@ -82,7 +78,7 @@ def search_new(config: IngestConfig, state: DatasetState, stac_url: str,
         base = StacQuery(url=url, collections=(sensor.collection,), bbox=config.bbox, datetime=config.datetime,
                          max_cloud_cover=sensor.max_cloud_cover, page_size=config.page_size)  # fmt: skip
         items: dict[str, pystac.Item] = {}
-        end_dt, from_dt = parse_time(end), parse_time(acquired_from)
+        end_dt, from_dt = try_instant(end), try_instant(acquired_from)
         if end_dt is None or from_dt is None or from_dt <= end_dt:
             for item in search_items(replace(base, datetime=f"{acquired_from}/{end}"), invalid=invalid):
                 items[item.id] = item

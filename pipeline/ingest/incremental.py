@@ -38,7 +38,7 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.errors import PipelineError
 from pipeline.times import parse_interval, try_instant
 from pipeline.ingest.grid import ChipPlan, Reject, plan_chips
-from pipeline.ingest.delta import KEY, changed_rows, items_of, parse_time, search_new, watermarks
+from pipeline.ingest.delta import KEY, changed_rows, items_of, search_new, watermarks
 from pipeline.ingest.run import merged_shard_stats, shard_plans, write_config, write_quicklooks, write_shards, write_table
 from pipeline.ingest.lease import Lease, LeaseLost, default_owner
 from pipeline.ingest.rejects import append_rejects
