@@ -3,7 +3,8 @@
 On the real labelled Landsat 7 ETM+ scene of `../shared/data/landsat7-nc-landcover` (6 bands at 28.5 m, a land-cover
 class per pixel; see its README), in one run:
 
-1. bands read with rasterio, nodata (-99999) masked, each band standardised with its mean and std over valid
+1. bands read with rasterio, each file's own declared nodata masked (-99999 for the float32 bands, -32768 for
+   band 7, which is int16), each band standardised with its mean and std over valid
    pixels; the model sees the scene as the official `l7` modality, one date (T = 1);
 2. labelled tiles: non-overlapping `--tile` x `--tile` px windows with >= 95 % valid pixels whose majority class
    covers >= 60 %; split train/test by spatial blocks of `--block` x `--block` tiles
@@ -48,25 +49,27 @@ from anysat.train import OptimConfig, Trainer  # noqa: E402
 from modelops.evaluation import block_ids, forest_probe, grid_block_split, knn_probe, linear_probe  # noqa: E402
 
 BANDS = ("10", "20", "30", "40", "50", "70")  # ETM+ 1, 2, 3, 4, 5, 7
-NODATA = -99999.0
+LABEL_NODATA = -99999.0
 CLASSES = {1: "developed", 2: "agriculture", 3: "herbaceous", 4: "shrubland", 5: "forest", 6: "water", 7: "sediment"}
 
 
 def load_scene(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standardised bands [6, H, W] (0 where invalid), valid mask [H, W], class raster [H, W] (0 = none)."""
-    arr = []
+    arr, ok = [], []
     for b in BANDS:
         with rasterio.open(folder / f"lsat7_2000_{b}.tif") as src:
-            arr.append(src.read(1).astype(np.float32))
+            band = src.read(1)
+            ok.append(band != src.nodata if src.nodata is not None else np.ones(band.shape, bool))
+            arr.append(band.astype(np.float32))
     x = np.stack(arr)
-    valid = (x != NODATA).all(0) & np.isfinite(x).all(0)
+    valid = np.stack(ok).all(0) & np.isfinite(x).all(0)
     for i in range(len(x)):
         band = x[i]
         band[valid] = (band[valid] - band[valid].mean()) / band[valid].std()
         band[~valid] = 0.0
     with rasterio.open(folder / "strata.tif") as src:
         labels = src.read(1)
-    labels = np.where((labels > 0) & (labels != NODATA), labels, 0).astype(np.int64)
+    labels = np.where((labels > 0) & (labels != LABEL_NODATA), labels, 0).astype(np.int64)
     return x, valid, labels
 
 
