@@ -9,8 +9,10 @@ class per pixel; see its README), in one run:
 2. labelled tiles: non-overlapping `--tile` x `--tile` px windows with >= 95 % valid pixels whose majority class
    covers >= 60 %; split train/test by spatial blocks of `--block` x `--block` tiles
    (`modelops.evaluation.grid_block_split`, seeded hash, 30 % of the blocks held out);
-3. pretraining of the tiny encoder with `anysat.jepa.Jepa` + `anysat.train.Trainer` (project defaults) on
-   UNLABELLED tiles: random windows anywhere in the scene with >= 95 % valid pixels (labels never read), for
+3. pretraining of the tiny encoder with `anysat.jepa.Jepa` + `anysat.train.Trainer` (project defaults, so the
+   JEPA regression plus the sub-tile contrast between the quadrants of each window) on UNLABELLED
+   `--pretrain-tile` x `--pretrain-tile` px windows (default 16, so a quadrant is one probed tile) anywhere in the
+   scene with >= 95 % valid pixels (labels never read), for
    `--minutes` of wall time (the step count is fixed after 10 steps from the measured step time, so the cosine
    schedule and the EMA schedule end with the budget);
 4. probes on the same split, each chosen on the training blocks only: raw pixels (per-band mean and std of the
@@ -137,7 +139,7 @@ def pretrain(jepa: Jepa, x: np.ndarray, valid: np.ndarray, pool: np.ndarray, arg
     budget, t0, losses = args.minutes * 60.0, time.perf_counter(), []
     while trainer.state.step < trainer.config.total_steps:
         corners = pool[rng.choice(len(pool), args.batch_size, replace=False)]
-        report = trainer.step([make_batch(x, valid, corners, args.tile, args.patch_m)])
+        report = trainer.step([make_batch(x, valid, corners, args.pretrain_tile, args.patch_m)])
         losses.append(report.loss_pred)
         if trainer.state.step == 10:  # the schedules end where the budget does
             per_step = (time.perf_counter() - t0) / 10
@@ -145,7 +147,7 @@ def pretrain(jepa: Jepa, x: np.ndarray, valid: np.ndarray, pool: np.ndarray, arg
             trainer.config = dataclasses.replace(provisional, total_steps=total,
                                                  warmup_steps=min(provisional.warmup_steps, total))  # fmt: skip
         if trainer.state.step % 100 == 0:
-            print(f"  step {trainer.state.step}/{trainer.config.total_steps} loss_pred {report.loss_pred:.4f} "
+            print(f"  step {trainer.state.step}/{trainer.config.total_steps} loss_pred {report.loss_pred:.4f} loss_tile {report.loss_tile:.4f} "
                   f"lr {report.lr:.2e} {(time.perf_counter() - t0) / 60:.1f} min", flush=True)  # fmt: skip
     return {"steps": trainer.state.step, "minutes": (time.perf_counter() - t0) / 60,
             "loss_pred_first10": float(np.mean(losses[:10])), "loss_pred_last10": float(np.mean(losses[-10:]))}
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--minutes", type=float, default=8.0, help="pretraining wall-time budget (default 8)")
     ap.add_argument("--max-steps", type=int, default=100_000, help="cap on the step count")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--tile", type=int, default=8, help="tile side in pixels (default 8)")
+    ap.add_argument("--tile", type=int, default=8, help="probed tile side in pixels (default 8)")
+    ap.add_argument("--pretrain-tile", type=int, default=16, help="pretraining window side in pixels (default 16)")
     ap.add_argument("--patch-m", type=int, default=60, help="patch size in metres (default 60: 2x2 px)")
     ap.add_argument("--block", type=int, default=4, help="spatial block side in tiles (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="model init, masks and pretraining windows")
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     x, valid, labels = load_scene(args.data)
     corners, y = labelled_tiles(valid, labels, args.tile)
-    pool = unlabelled_windows(valid, args.tile)
+    pool = unlabelled_windows(valid, args.pretrain_tile)
     rows, cols = corners[:, 0] // args.tile, corners[:, 1] // args.tile
     test = grid_block_split(rows, cols, args.block, 0.3, seed=args.split_seed)
     groups = block_ids(cols.astype(float), rows.astype(float), float(args.block))[~test]

@@ -5,12 +5,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mil_nce", "prediction_loss"]
+__all__ = ["mil_nce", "prediction_loss", "prediction_nce"]
 
 
 def prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Smooth-L1 (beta 1) between predictions and targets, both [B, K, D]; mean over everything."""
     return F.smooth_l1_loss(pred, target.detach())
+
+
+def prediction_nce(pred: torch.Tensor, target: torch.Tensor, *, temperature: float = 0.1) -> torch.Tensor:
+    """Contrastive prediction loss (InfoNCE, as in contrastive predictive coding) over the batch's target tokens.
+
+    Each prediction [B, K, D] must pick its own target token among all B·K targets of the batch (cosine
+    similarity / `temperature`); the other targets — other patches of the same tile and of the other tiles —
+    are the negatives. Unlike a regression, a constant prediction scores at least log(B·K), so the encoder cannot lower
+    it by discarding its input.
+    """
+    p = F.normalize(pred.float().reshape(-1, pred.shape[-1]), dim=-1)
+    t = F.normalize(target.detach().float().reshape(-1, target.shape[-1]), dim=-1)
+    logits = p @ t.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
 
 
 def mil_nce(tokens: torch.Tensor, *, temperature: float = 0.1) -> torch.Tensor:

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from anysat.jepa.ema import ema_update
-from anysat.jepa.loss import mil_nce, prediction_loss
+from anysat.jepa.loss import mil_nce, prediction_loss, prediction_nce
 from anysat.jepa.masks import MaskConfig, sample_masks
 from anysat.jepa.predictor import Predictor
+from anysat.jepa.subtiles import ContrastHead, quadrants, subtile_nce
 from anysat.model import AnySat
 from anysat.pos_embed import sincos_2d
 
@@ -50,6 +51,14 @@ class JepaConfig:
             per-modality patch tokens, std across the batch's samples at each patch; 0 = off (official; default 1).
         cov_weight: Weight of the VICReg covariance term (squared off-diagonal covariances / D) on the same
             tokens; 0 = off (official; default 0.04).
+        pred_loss: `"smooth_l1"` (official): regression of the normalised target tokens. `"nce"`: contrastive
+            prediction (`prediction_nce`), each prediction against every target token of the batch.
+        pred_temperature: Temperature of the `"nce"` prediction loss.
+        tile_nce_weight: Weight of the sub-tile contrast (`anysat.jepa.subtiles`): the 2x2 quadrants of each
+            (date-dropped) tile are encoded by the student as tiles of their own, and InfoNCE pulls the quadrants
+            of one tile together and pushes those of other tiles apart. 0 = off (official); default 1: it is
+            what makes the probe beat random init on real land cover (docs/TRAINING.md, "Collapse").
+        tile_nce_temperature: Its temperature.
         seed: Seed of the mask generator (advanced once per step, so masks are reproducible).
     """
 
@@ -64,6 +73,10 @@ class JepaConfig:
     target_layer: str = "patch"
     var_weight: float = 1.0
     cov_weight: float = 0.04
+    pred_loss: str = "smooth_l1"
+    pred_temperature: float = 0.1
+    tile_nce_weight: float = 1.0
+    tile_nce_temperature: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +84,10 @@ class JepaConfig:
             raise ValueError(f"target_norm must be 'layer' or 'batch', got {self.target_norm!r}")
         if self.target_layer not in ("fused", "patch"):
             raise ValueError(f"target_layer must be 'fused' or 'patch', got {self.target_layer!r}")
+        if self.pred_loss not in ("smooth_l1", "nce"):
+            raise ValueError(f"pred_loss must be 'smooth_l1' or 'nce', got {self.pred_loss!r}")
+        if self.tile_nce_weight < 0 or self.tile_nce_temperature <= 0:
+            raise ValueError("tile_nce_weight must be >= 0 and tile_nce_temperature > 0")
         if self.var_weight < 0 or self.cov_weight < 0:
             raise ValueError(f"var_weight and cov_weight must be >= 0, got {self.var_weight}, {self.cov_weight}")
 
@@ -82,6 +99,7 @@ class JepaOutput:
     loss: torch.Tensor
     loss_pred: torch.Tensor
     loss_nce: torch.Tensor
+    loss_tile: torch.Tensor | None = None
 
 
 def drop_dates(x: Mapping[str, torch.Tensor], keys: list[str], ratio: float,
@@ -151,6 +169,7 @@ class Jepa(nn.Module):
         self.predictor = Predictor(d, depth=config.predictor_depth, num_heads=config.predictor_heads)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, d))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.contrast_head = ContrastHead(d) if config.tile_nce_weight > 0 else None
         self.generator = torch.Generator().manual_seed(config.seed)
 
     def _mask_modalities(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -190,13 +209,23 @@ class Jepa(nn.Module):
         fused = self.student.fuse(tokens, grid=emb.grid, scale=emb.scale, keep=ctx_idx, tile_tokens=emb.tile_tokens)
         pred = self.predictor(fused[:, 1:], ctx_idx, tgt_idx, grid=emb.grid, scale=emb.scale)
         want = torch.gather(target_tokens, 1, tgt_idx[..., None].expand(-1, -1, target_tokens.shape[-1]))
-        loss_pred = prediction_loss(pred, want)
+        if self.config.pred_loss == "nce":
+            loss_pred = prediction_nce(pred, want, temperature=self.config.pred_temperature)
+        else:
+            loss_pred = prediction_loss(pred, want)
         loss_nce = mil_nce(emb.tokens, temperature=self.config.nce_temperature)
         loss = loss_pred + self.config.nce_weight * loss_nce
         if self.config.var_weight > 0 or self.config.cov_weight > 0:
             var, cov = variance_covariance(emb.tokens)
             loss = loss + self.config.var_weight * var + self.config.cov_weight * cov
-        return JepaOutput(loss, loss_pred.detach(), loss_nce.detach())
+        loss_tile = loss.new_zeros(())
+        if self.contrast_head is not None:
+            grid_keys = [k for k in x if k in table and not table[k].tile_token]
+            quads = quadrants({k: v for k, v in x_student.items() if isinstance(v, torch.Tensor)}, grid_keys, emb.grid)
+            z = self.student(quads, patch_size=patch_size, output="patch").mean((1, 2))  # [4B, D]
+            loss_tile = subtile_nce(self.contrast_head(z), b, temperature=self.config.tile_nce_temperature)
+            loss = loss + self.config.tile_nce_weight * loss_tile
+        return JepaOutput(loss, loss_pred.detach(), loss_nce.detach(), loss_tile.detach())
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -4,7 +4,7 @@ Layout (no pickled code anywhere; weights are safetensors, small state JSON):
 
     student/model.safetensors, student/config.json   the encoder, loadable alone with `anysat.load`
     target.safetensors                               the EMA target encoder
-    jepa.safetensors                                 predictor and modality-mask token
+    jepa.safetensors                                 predictor, modality-mask token and sub-tile contrast head
     optimizer.pt                                     AdamW state (`torch.load(weights_only=True)`)
     rng.safetensors                                  rank 0's mask-generator and torch CPU RNG states
     state.json                                       step, data position, samples, schedule, configs, loss history
@@ -63,7 +63,7 @@ def save_checkpoint(trainer: Trainer, directory: str | Path, *, extra: dict[str,
     jepa = trainer.jepa
     jepa.student.save(tmp / "student")
     save_file(_tensors(jepa.target), str(tmp / "target.safetensors"))
-    save_file(_tensors(jepa, ("predictor.", "mask_token")), str(tmp / "jepa.safetensors"))
+    save_file(_tensors(jepa, ("predictor.", "mask_token", "contrast_head.")), str(tmp / "jepa.safetensors"))
     torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({"mask_generator": jepa.generator.get_state(), "torch": torch.get_rng_state()},
               str(tmp / "rng.safetensors"))  # fmt: skip
@@ -116,9 +116,9 @@ def load_checkpoint(trainer: Trainer, directory: str | Path, *, rank: int = 0) -
     jepa.target.load_state_dict(load_file(str(src / "target.safetensors"), device=str(device)), strict=True)
     missing, unexpected = jepa.load_state_dict(load_file(str(src / "jepa.safetensors"), device=str(device)),
                                                strict=False)  # fmt: skip
-    own = [k for k in missing if k.startswith(("predictor.", "mask_token"))]
+    own = [k for k in missing if k.startswith(("predictor.", "mask_token", "contrast_head."))]
     if own or unexpected:
-        raise RuntimeError(f"checkpoint {src}: predictor weights do not fit (missing {own}, unexpected {unexpected})")
+        raise RuntimeError(f"checkpoint {src}: predictor or contrast-head weights do not fit (missing {own}, unexpected {unexpected})")
     trainer.optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location=device, weights_only=True))
     trainer.scheduler.load_state_dict({**payload["scheduler"], "lr_lambdas": [None]})
     trainer.state = TrainState(**payload["state"])

@@ -67,6 +67,7 @@ class StepReport:
     step_time_s: float
     data_wait_s: float
     monitor: dict[str, float] = field(default_factory=dict)
+    loss_tile: float = 0.0
 
     @property
     def samples_per_s(self) -> float:
@@ -79,14 +80,16 @@ class StepReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names for trackers."""
-        return {"loss": self.loss, "loss_pred": self.loss_pred, "loss_nce": self.loss_nce, "lr": self.lr,
+        return {"loss": self.loss, "loss_pred": self.loss_pred, "loss_nce": self.loss_nce,
+                "loss_tile": self.loss_tile, "lr": self.lr,
                 "ema_momentum": self.ema_momentum, "grad_norm": self.grad_norm, "epoch": float(self.epoch),
                 "samples_per_s": self.samples_per_s, "data_wait_share": self.data_wait_share,
                 **self.monitor}  # fmt: skip
 
     def line(self) -> str:
         """The printed step line: loss terms, lr, EMA, throughput, and the collapse monitor when measured."""
-        text = (f"step {self.step} loss {self.loss:.4f} (pred {self.loss_pred:.4f} nce {self.loss_nce:.4f}) "
+        text = (f"step {self.step} loss {self.loss:.4f} (pred {self.loss_pred:.4f} nce {self.loss_nce:.4f} "
+                f"tile {self.loss_tile:.4f}) "
                 f"lr {self.lr:.2e} ema {self.ema_momentum:.5f} {self.samples_per_s:.1f} samples/s "
                 f"wait {100 * self.data_wait_share:.0f}%")  # fmt: skip
         if self.monitor:
@@ -154,7 +157,7 @@ class Trainer:
         self.jepa.train()
         self.optimizer.zero_grad(set_to_none=True)
         n = len(micro_batches)
-        sums = torch.zeros(3)
+        sums = torch.zeros(4)
         samples = 0
         for i, raw in enumerate(micro_batches):
             batch = _to_device(raw, self.device)
@@ -166,7 +169,8 @@ class Trainer:
                 with self._autocast():
                     out = self.forward(batch)
                 (out.loss / n).backward()
-            sums += torch.stack([out.loss.detach(), out.loss_pred, out.loss_nce]).float().cpu()
+            tile = out.loss_tile if out.loss_tile is not None else torch.zeros((), device=out.loss.device)
+            sums += torch.stack([out.loss.detach(), out.loss_pred, out.loss_nce, tile]).float().cpu()
         max_norm = self.config.clip_norm if self.config.clip_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -177,12 +181,12 @@ class Trainer:
         self.jepa.update_target(momentum)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        loss, loss_pred, loss_nce = (sums / n).tolist()
+        loss, loss_pred, loss_nce, loss_tile = (sums / n).tolist()
         self.state.step += 1
         self.state.samples += samples
         self.state.history.append([float(self.state.step), loss, loss_pred, loss_nce])
         return StepReport(self.state.step, self.state.epoch, loss, loss_pred, loss_nce, lr, momentum, grad_norm,
-                          samples, time.perf_counter() - t0, data_wait_s)  # fmt: skip
+                          samples, time.perf_counter() - t0, data_wait_s, loss_tile=loss_tile)  # fmt: skip
 
 
 def _next_micro_batches(it: Iterator[Batch], k: int) -> tuple[list[Batch], float, bool]:

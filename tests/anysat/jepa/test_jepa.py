@@ -15,6 +15,7 @@ from torch import nn
 from anysat import AnySat, AnySatConfig
 from anysat.jepa import Jepa, JepaConfig, MaskConfig, drop_dates, ema_update, mil_nce, momentum_at, prediction_loss
 from anysat.jepa import sample_masks
+from anysat.jepa.loss import prediction_nce
 from anysat.jepa.objective import normalise_targets, variance_covariance
 from anysat.metrics import effective_rank
 
@@ -144,6 +145,20 @@ def test_loss_falls_over_50_steps_on_a_real_batch_without_collapse() -> None:
     assert last < 0.8 * first, f"loss went from {first:.3f} to {last:.3f}"
     rank = _rank(jepa.student, batch)
     assert rank >= 0.5 * rank0, f"the effective rank collapsed from {rank0:.2f} to {rank:.2f}"
+
+
+def test_contrastive_prediction_loss_scores_a_constant_predictor_at_chance_or_worse() -> None:
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randn(4, 6, 32, generator=gen)
+    constant = torch.randn(1, 1, 32, generator=gen).expand(4, 6, 32)
+    assert float(prediction_nce(constant, targets)) >= math.log(24) - 1e-4  # chance or worse: mean(lse - s) >= log N
+    assert float(prediction_nce(targets * 3.0, targets)) < 0.05 * math.log(24)  # each picks its own target
+    jepa = Jepa(AnySat(AnySatConfig(size="tiny", modalities=("s2", "s1-asc"))),
+                JepaConfig(pred_loss="nce", predictor_depth=1))  # fmt: skip
+    out = jepa(_real_batch())
+    assert torch.isfinite(out.loss) and 0 < float(out.loss_pred) < 2 * math.log(6 * 36)
+    with pytest.raises(ValueError, match="pred_loss"):
+        JepaConfig(pred_loss="mse")
 
 
 def test_target_normalisation_and_variance_covariance_terms() -> None:
