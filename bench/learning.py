@@ -9,10 +9,10 @@ class per pixel; see its README), in one run:
 2. labelled tiles: non-overlapping `--tile` x `--tile` px windows with >= 95 % valid pixels whose majority class
    covers >= 60 %; split train/test by spatial blocks of `--block` x `--block` tiles
    (`modelops.evaluation.grid_block_split`, seeded hash, 30 % of the blocks held out);
-3. pretraining of the tiny encoder with `anysat.jepa.Jepa` + `anysat.train.Trainer` (project defaults, so the
-   JEPA regression plus the sub-tile contrast between the quadrants of each window) on UNLABELLED
-   `--pretrain-tile` x `--pretrain-tile` px windows (default 16, so a quadrant is one probed tile) anywhere in the
-   scene with >= 95 % valid pixels (labels never read), for
+3. pretraining of the tiny encoder with `anysat.jepa.Jepa` + `anysat.train.Trainer` (project defaults;
+   `--tile-nce-weight` turns on the sub-tile contrast between the quadrants of each window) on UNLABELLED
+   `--pretrain-tile` x `--pretrain-tile` px windows (default 8; 16 makes a quadrant one probed tile) anywhere in
+   the scene with >= 95 % valid pixels (labels never read), for
    `--minutes` of wall time (the step count is fixed after 10 steps from the measured step time, so the cosine
    schedule and the EMA schedule end with the budget);
 4. probes on the same split, each chosen on the training blocks only: raw pixels (per-band mean and std of the
@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-steps", type=int, default=100_000, help="cap on the step count")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--tile", type=int, default=8, help="probed tile side in pixels (default 8)")
-    ap.add_argument("--pretrain-tile", type=int, default=16, help="pretraining window side in pixels (default 16)")
+    ap.add_argument("--pretrain-tile", type=int, default=8, help="pretraining window side in pixels (default 8)")
+    ap.add_argument("--tile-nce-weight", type=float, default=JepaConfig().tile_nce_weight,
+                    help="weight of the sub-tile contrast (default: JepaConfig's)")
     ap.add_argument("--patch-m", type=int, default=60, help="patch size in metres (default 60: 2x2 px)")
     ap.add_argument("--block", type=int, default=4, help="spatial block side in tiles (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="model init, masks and pretraining windows")
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = AnySat(AnySatConfig(size="tiny", modalities=("l7",)))
     features = {"raw pixels": raw_features(x, valid, corners, args.tile),
                 "random init": embed(model, x, valid, corners, args.tile, args.patch_m)}  # fmt: skip
-    jepa = Jepa(model, JepaConfig(seed=args.seed))
+    jepa = Jepa(model, JepaConfig(seed=args.seed, tile_nce_weight=args.tile_nce_weight))
     run = pretrain(jepa, x, valid, pool, args)
     features["pretrained"] = embed(jepa.student, x, valid, corners, args.tile, args.patch_m)
 
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:<12} {r['dim']:>4} {r['linear']:>15.3f} {r['knn']:>12.3f} {forest:>7} {r['rank']:>10.2f}")
     gain = rows_out["pretrained"]["linear"] - rows_out["random init"]["linear"]
     rank_ratio = rows_out["pretrained"]["rank"] / rows_out["random init"]["rank"]
-    result = {"bench": "learning", "seed": args.seed, "split_seed": args.split_seed, **run,
+    result = {"bench": "learning", "seed": args.seed, "split_seed": args.split_seed,
+              "pretrain_tile": args.pretrain_tile, "tile_nce_weight": args.tile_nce_weight, **run,
               "tiles": int(len(y)), "test_tiles": int(test.sum()), "results": rows_out,
               "linear_gain_points": 100 * gain, "rank_ratio": rank_ratio,
               "accepted": bool(gain >= 0.05 and rank_ratio >= 0.5 and run["minutes"] <= 30),

@@ -56,8 +56,8 @@ class JepaConfig:
         pred_temperature: Temperature of the `"nce"` prediction loss.
         tile_nce_weight: Weight of the sub-tile contrast (`anysat.jepa.subtiles`): the 2x2 quadrants of each
             (date-dropped) tile are encoded by the student as tiles of their own, and InfoNCE pulls the quadrants
-            of one tile together and pushes those of other tiles apart. 0 = off (official); default 1: it is
-            what makes the probe beat random init on real land cover (docs/TRAINING.md, "Collapse").
+            of one tile together and pushes those of other tiles apart. 0 = off (official and default: in two
+            27-minute runs on the land-cover scene it did not lift the probe, docs/TRAINING.md, "Collapse").
         tile_nce_temperature: Its temperature.
         seed: Seed of the mask generator (advanced once per step, so masks are reproducible).
     """
@@ -75,7 +75,7 @@ class JepaConfig:
     cov_weight: float = 0.04
     pred_loss: str = "smooth_l1"
     pred_temperature: float = 0.1
-    tile_nce_weight: float = 1.0
+    tile_nce_weight: float = 0.0
     tile_nce_temperature: float = 0.1
     seed: int = 0
 
