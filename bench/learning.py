@@ -147,7 +147,8 @@ def pretrain(jepa: Jepa, x: np.ndarray, valid: np.ndarray, pool: np.ndarray, arg
             trainer.config = dataclasses.replace(provisional, total_steps=total,
                                                  warmup_steps=min(provisional.warmup_steps, total))  # fmt: skip
         if trainer.state.step % 100 == 0:
-            print(f"  step {trainer.state.step}/{trainer.config.total_steps} loss_pred {report.loss_pred:.4f} loss_tile {report.loss_tile:.4f} "
+            print(f"  step {trainer.state.step}/{trainer.config.total_steps} loss_pred {report.loss_pred:.4f} "
+                  f"loss_tile {report.loss_tile:.4f} "
                   f"lr {report.lr:.2e} {(time.perf_counter() - t0) / 60:.1f} min", flush=True)  # fmt: skip
     return {"steps": trainer.state.step, "minutes": (time.perf_counter() - t0) / 60,
             "loss_pred_first10": float(np.mean(losses[:10])), "loss_pred_last10": float(np.mean(losses[-10:]))}

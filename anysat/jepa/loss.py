@@ -18,8 +18,8 @@ def prediction_nce(pred: torch.Tensor, target: torch.Tensor, *, temperature: flo
 
     Each prediction [B, K, D] must pick its own target token among all B·K targets of the batch (cosine
     similarity / `temperature`); the other targets — other patches of the same tile and of the other tiles —
-    are the negatives. Unlike a regression, a constant prediction scores at least log(B·K), so the encoder cannot lower
-    it by discarding its input.
+    are the negatives. Unlike a regression, a constant prediction scores at least log(B·K), so the encoder
+    cannot lower it by discarding its input.
     """
     p = F.normalize(pred.float().reshape(-1, pred.shape[-1]), dim=-1)
     t = F.normalize(target.detach().float().reshape(-1, target.shape[-1]), dim=-1)

@@ -99,7 +99,7 @@ class JepaOutput:
     loss: torch.Tensor
     loss_pred: torch.Tensor
     loss_nce: torch.Tensor
-    loss_tile: torch.Tensor | None = None
+    loss_tile: torch.Tensor
 
 
 def drop_dates(x: Mapping[str, torch.Tensor], keys: list[str], ratio: float,
@@ -221,7 +221,7 @@ class Jepa(nn.Module):
         loss_tile = loss.new_zeros(())
         if self.contrast_head is not None:
             grid_keys = [k for k in x if k in table and not table[k].tile_token]
-            quads = quadrants({k: v for k, v in x_student.items() if isinstance(v, torch.Tensor)}, grid_keys, emb.grid)
+            quads = quadrants(x_student, grid_keys, emb.grid)
             z = self.student(quads, patch_size=patch_size, output="patch").mean((1, 2))  # [4B, D]
             loss_tile = subtile_nce(self.contrast_head(z), b, temperature=self.config.tile_nce_temperature)
             loss = loss + self.config.tile_nce_weight * loss_tile

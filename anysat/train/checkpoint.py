@@ -118,7 +118,8 @@ def load_checkpoint(trainer: Trainer, directory: str | Path, *, rank: int = 0) -
                                                strict=False)  # fmt: skip
     own = [k for k in missing if k.startswith(("predictor.", "mask_token", "contrast_head."))]
     if own or unexpected:
-        raise RuntimeError(f"checkpoint {src}: predictor or contrast-head weights do not fit (missing {own}, unexpected {unexpected})")
+        raise RuntimeError(f"checkpoint {src}: predictor or contrast-head weights do not fit "
+                           f"(missing {own}, unexpected {unexpected})")  # fmt: skip
     trainer.optimizer.load_state_dict(torch.load(src / "optimizer.pt", map_location=device, weights_only=True))
     trainer.scheduler.load_state_dict({**payload["scheduler"], "lr_lambdas": [None]})
     trainer.state = TrainState(**payload["state"])

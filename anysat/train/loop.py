@@ -169,8 +169,7 @@ class Trainer:
                 with self._autocast():
                     out = self.forward(batch)
                 (out.loss / n).backward()
-            tile = out.loss_tile if out.loss_tile is not None else torch.zeros((), device=out.loss.device)
-            sums += torch.stack([out.loss.detach(), out.loss_pred, out.loss_nce, tile]).float().cpu()
+            sums += torch.stack([out.loss.detach(), out.loss_pred, out.loss_nce, out.loss_tile]).float().cpu()
         max_norm = self.config.clip_norm if self.config.clip_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         lr = float(self.optimizer.param_groups[0]["lr"])

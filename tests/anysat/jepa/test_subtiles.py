@@ -25,7 +25,8 @@ def test_quadrants_are_the_four_corners_of_each_tile_quadrant_major() -> None:
     q = quadrants(x, ["s2", "aerial"], grid=3)  # odd grid: the last patch row/column is left out
     assert q["s2"].shape == (12, 2, 10, 4, 4) and q["s2_valid"].shape == (12, 2, 4, 4)
     assert q["aerial"].shape == (12, 4, 200, 200)
-    assert torch.equal(q["s2_dates"], x["s2_dates"].repeat(4, 1)) and torch.equal(q["s2_mask"], x["s2_mask"].repeat(4, 1))
+    assert torch.equal(q["s2_dates"], x["s2_dates"].repeat(4, 1))
+    assert torch.equal(q["s2_mask"], x["s2_mask"].repeat(4, 1))
     # sample 1, quadrant 3 (bottom right) is rows/cols 4..8 of sample 1
     assert torch.equal(q["s2"][3 * 3 + 1], x["s2"][1, :, :, 4:8, 4:8])
     assert torch.equal(q["s2_valid"][2 * 3 + 0], x["s2_valid"][0, :, 4:8, 0:4])
