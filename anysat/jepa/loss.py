@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["mil_nce", "prediction_loss", "prediction_nce"]
+__all__ = ["mil_nce", "multi_positive_nce", "prediction_loss", "prediction_nce"]
 
 
 def prediction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,19 @@ def prediction_nce(pred: torch.Tensor, target: torch.Tensor, *, temperature: flo
     t = F.normalize(target.detach().float().reshape(-1, target.shape[-1]), dim=-1)
     logits = p @ t.T / temperature
     return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+
+
+def multi_positive_nce(sim: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """−log Σ_pos exp(s) / Σ_candidates exp(s), averaged over rows: the InfoNCE of MIL-NCE and the sub-tile contrast.
+
+    Args:
+        sim: [N, N] scaled similarities.
+        candidates: [N, N] bool, the entries each row is scored against (positives included).
+        positive: [N, N] bool, each row's positives (a subset of `candidates`).
+    """
+    logits_all = sim.masked_fill(~candidates, float("-inf"))
+    logits_pos = sim.masked_fill(~positive, float("-inf"))
+    return (torch.logsumexp(logits_all, dim=1) - torch.logsumexp(logits_pos, dim=1)).mean()
 
 
 def mil_nce(tokens: torch.Tensor, *, temperature: float = 0.1) -> torch.Tensor:
@@ -50,6 +63,4 @@ def mil_nce(tokens: torch.Tensor, *, temperature: float = 0.1) -> torch.Tensor:
     patch = torch.arange(b * n, device=z.device).repeat(m)
     other = modality[:, None] != modality[None, :]
     positive = other & (patch[:, None] == patch[None, :])
-    logits_all = sim.masked_fill(~other, float("-inf"))
-    logits_pos = sim.masked_fill(~positive, float("-inf"))
-    return (torch.logsumexp(logits_all, dim=1) - torch.logsumexp(logits_pos, dim=1)).mean()
+    return multi_positive_nce(sim, other, positive)

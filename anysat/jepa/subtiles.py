@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anysat.jepa.loss import multi_positive_nce
+
 __all__ = ["ContrastHead", "quadrants", "subtile_nce"]
 
 _PER_DATE = ("_dates", "_mask")
@@ -78,5 +80,4 @@ def subtile_nce(z: torch.Tensor, batch: int, *, temperature: float = 0.1) -> tor
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     source = torch.arange(n, device=z.device) % batch
     positive = (source[:, None] == source[None, :]) & ~eye
-    sim = sim.masked_fill(eye, float("-inf"))
-    return (torch.logsumexp(sim, 1) - torch.logsumexp(sim.masked_fill(~positive, float("-inf")), 1)).mean()
+    return multi_positive_nce(sim, ~eye, positive)
