@@ -108,6 +108,8 @@ def parse_item(raw: object, *, root: Client | None = None) -> tuple[pystac.Item 
             raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
         if not isinstance(raw.get("id"), str) or not raw["id"]:
             raise ValueError(f"its id is {raw.get('id')!r}, not a non-empty string")
+        if raw.get("collection") is not None and not isinstance(raw["collection"], str):
+            raise ValueError(f"its collection is {raw['collection']!r}, not a string")
         return pystac.Item.from_dict(raw, root=root, preserve_dict=False), (item_id, "")
     except Exception as err:  # noqa: BLE001 - pystac raises several types on malformed items
         return None, (item_id, f"not a valid STAC item: {type(err).__name__}: {err}")

@@ -88,3 +88,12 @@ def test_mutated_items_never_crash_the_manifest_or_the_planner(base_item: dict, 
     assert plans or rejects, "an item must become a chip or a reject, never vanish"
     for r in rejects:
         assert r.kind and r.subject and r.reason
+
+
+def test_an_item_whose_collection_is_not_a_string_is_an_invalid_item(base_item: dict) -> None:
+    """Found by the fuzzing above (`collection: [0.0]` passed pystac and crashed the manifest's de-duplication)."""
+    item, (item_id, why) = parse_item(_mutate(base_item, [("set", "collection", [0.0])]))
+    assert item is None and item_id == base_item["id"]
+    assert why == "not a valid STAC item: ValueError: its collection is [0.0], not a string"
+    kept, _ = parse_item(_mutate(base_item, [("del", "collection", None)]))  # absent is allowed (STAC: optional)
+    assert kept is not None and manifest_rows({"s2": [kept]})["collection"].tolist() == [""]
