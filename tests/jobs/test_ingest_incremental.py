@@ -165,26 +165,48 @@ def test_a_held_lease_blocks_without_writing_and_an_expired_one_is_taken_over(st
     assert current is not None and current.generation == 2 and current.released
 
 
-def test_two_concurrent_runs_write_once_and_the_second_reports_the_lease(stack_env, tmp_path: Path) -> None:
+def test_two_runs_racing_for_the_lease_write_once_and_the_loser_reports_it(stack_env, tmp_path: Path) -> None:
+    """Two real runs on one S3 store, held at the lease until both have seen it free, then let go together: both
+    try to create lease generation 1, the store's conditional PUT lets exactly one through. The winner commits
+    every planned chip once; the loser reports `lease_held` naming the winner and writes nothing."""
     store = f"{stack_env['ANYSAT_STORE_URL']}/tests/incr-{uuid.uuid4().hex[:8]}"
-    cmd = [sys.executable, "jobs/ingest.py", "--config", str(LANDSAT), "--no-ray", "--incremental",
-           "--set", f"store={store}", "--set", "quicklooks=0", "--set", "chips_per_shard=4"]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "tests" / "jobs" / "race_ingest.py"), "--config", str(LANDSAT), "--no-ray",
+           "--incremental", "--set", f"store={store}", "--set", "quicklooks=0",
+           "--set", "chips_per_shard=4"]  # fmt: skip
     env = {**os.environ, **stack_env, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=600) for p in procs]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    try:
+        ready = [p.stdout.readline().strip() for p in procs if p.stdout is not None]
+        assert ready == ["ready", "ready"], [p.communicate(timeout=60)[1][-2000:] for p in procs]
+        for p in procs:  # both have read the lease (none yet): let them go at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     summaries = [json.loads(o[0]) for o in outs]
     statuses = sorted(s["status"] for s in summaries)
     assert statuses == ["lease_held", "succeeded"], summaries
+    won = next(s for s in summaries if s["status"] == "succeeded")
     blocked = next(s for s in summaries if s["status"] == "lease_held")
     assert blocked["holder"] and blocked["until"]
     opts = {"key": stack_env["AWS_ACCESS_KEY_ID"], "secret": stack_env["AWS_SECRET_ACCESS_KEY"],
             "endpoint_url": stack_env["AWS_ENDPOINT_URL"]}  # fmt: skip
     runs = read_runs(store, storage_options=opts)
-    assert list(runs["status"]) == ["succeeded"] and runs["owner"].iloc[0] == blocked["holder"]
-    index = read_index(StoreLayout(store, storage_options=opts))
+    assert list(runs["status"]) == ["succeeded"] and runs["owner"].iloc[0] == blocked["holder"]  # the loser: no row
     fs = s3fs.S3FileSystem(**opts)
+    leases = [p.rsplit("/", 1)[1] for p in fs.ls(f"{store.removeprefix('s3://')}/state/lease", detail=False)]
+    assert leases == ["lease-000000000001.json"], leases  # one generation: the loser's create did not land
+    final = Lease(store, owner="reader", storage_options=opts).current()
+    assert final is not None and final.owner == blocked["holder"] and final.released
+    index = read_index(StoreLayout(store, storage_options=opts))
     committed = fs.glob(f"{store.removeprefix('s3://')}/shards/*.zarr/_COMMITTED")
     chips = _stored_chips(index)
-    assert len(committed) == len(index) and len(chips) == len(set(chips)) > 0
+    assert len(committed) == len(index) and len(chips) == len(set(chips))  # nothing duplicated
+    assert len(chips) == won["chips_written"] == won["chips_planned"] > 0  # nothing lost

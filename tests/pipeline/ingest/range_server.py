@@ -3,12 +3,15 @@
 Run as a script (a separate process: GDAL holds the GIL while it waits for HTTP answers, so a server thread
 inside the reading process would deadlock):
 
-    python range_server.py ROOT [--port=P] [--status=S] [PATH=N ...]
+    python range_server.py ROOT [--port=P] [--status=S] [--require-signature] [PATH=N ...]
 
 It prints its port on the first line of stdout, then serves files under ROOT on 127.0.0.1. `PATH=N` answers 503
-to the first N requests of PATH (`N = -1`: always); `--status=S` answers S
-(e.g. 403) to every request (also proxy requests for any host: a loopback stand-in for a remote store). `GET /_requests` returns the requests seen so far as JSON
-(`[method, path, status]`), so tests can check that retries reached the server.
+to the first N requests of PATH (`N = -1`: always); `--status=S` answers S (e.g. 403) to every request. Proxy
+requests for any host (`GET http://host/PATH?…`, as GDAL sends them with `GDAL_HTTP_PROXY`) are served from ROOT
+by their PATH: a loopback stand-in for a remote store. `--require-signature` answers 403 to a request for an
+existing file whose query has no `sig=` (as Azure Blob Storage does without a SAS token). `GET /_requests`
+returns the requests seen so far as JSON (`[method, path, status]`), so tests can check that retries (or signed
+requests) reached the server.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -27,6 +31,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
     root: ClassVar[Path]
     status: ClassVar[int] = 0
+    require_signature: ClassVar[bool] = False
     failures: ClassVar[dict[str, int]]
     seen: ClassVar[list[tuple[str, str, int]]]
     lock: ClassVar[threading.Lock] = threading.Lock()
@@ -58,7 +63,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if self.status:
             self._answer(self.status, b"AuthenticationFailed: signature expired", send_body=send_body)
             return
-        path = self.path.split("?", 1)[0]
+        parts = urlsplit(self.path)  # "/PATH?query", or "http://host/PATH?query" when used as a proxy
+        path = parts.path
         with self.lock:
             budget = self.failures.get(path, 0)
             if budget > 0:
@@ -69,6 +75,9 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         file = (self.root / path.lstrip("/")).resolve()
         if not file.is_file() or self.root not in file.parents:
             self._answer(404, send_body=send_body)
+            return
+        if self.require_signature and "sig=" not in parts.query:
+            self._answer(403, b"AuthenticationFailed: no signature", send_body=send_body)
             return
         data = file.read_bytes()
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
@@ -93,7 +102,8 @@ def main(argv: list[str]) -> None:
     port = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--port=")), 0)
     status = next((int(a.split("=", 1)[1]) for a in argv[1:] if a.startswith("--status=")), 0)
     failures = {p: int(n) for p, n in (a.rsplit("=", 1) for a in argv[1:] if not a.startswith("--"))}
-    handler = type("Handler", (RangeHandler,), {"root": root, "failures": failures, "seen": [], "status": status})
+    handler = type("Handler", (RangeHandler,), {"root": root, "failures": failures, "seen": [], "status": status,
+                                                "require_signature": "--require-signature" in argv[1:]})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

@@ -101,20 +101,29 @@ def test_streaming_split_gives_two_disjoint_streams_covering_every_chip(stores: 
     assert sorted(seen[0] + seen[1]) == _chips(stores["landsat"])
 
 
-def test_ray_epochs_read_ahead_on_two_splits_each_epoch_covers_every_chip_once(stores: dict[str, str]) -> None:
-    """`RayEpochs` on both splits of one dataset, consumed at different speeds for 3 epochs: every epoch gives
-    every chip exactly once across the two ranks (no batch of another epoch mixed in), and nothing hangs."""
+def test_ray_epochs_on_the_trainers_equal_splits_keep_ranks_in_lockstep(stores: dict[str, str]) -> None:
+    """`RayEpochs` on the splits Ray Train gives its workers (`DataConfig`: `streaming_split(equal=True)`), with
+    `drop_last`, consumed at different speeds for 3 epochs. What DDP relies on: each epoch every rank gets the
+    same number of full batches (a rank with one batch more would wait for ever in its all-reduce); the ranks'
+    chips are disjoint, none twice, and nothing hangs."""
     import time
 
-    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=2, patch_sizes_m=(30,), drop_last=False)
-    splits = ray_datasets(config)["landsat"].streaming_split(2)
-    def consume(k: int) -> dict[int, list[str]]:
-        seen: dict[int, list[str]] = {}
-        with RayEpochs({"landsat": splits[k]}, config, ahead=2) as feed:
+    import ray.train
+
+    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=2, patch_sizes_m=(30,), drop_last=True)
+    splits = ray.train.DataConfig().configure(ray_datasets(config), world_size=2, worker_handles=None,
+                                              worker_node_ids=None)  # what TorchTrainer(datasets=...) hands out
+    chips = _chips(stores["landsat"])
+    per_rank = len(chips) // 2 // config.batch_size  # equal splits of n // 2 chips, each short batch dropped
+    assert per_rank >= 2, len(chips)
+
+    def consume(k: int) -> dict[int, list[list[str]]]:
+        seen: dict[int, list[list[str]]] = {}
+        with RayEpochs(splits[k], config, ahead=2) as feed:
             for epoch in range(3):
                 seen[epoch] = []
                 for batch in feed.batches_for(epoch):
-                    seen[epoch] += batch["chip_id"]
+                    seen[epoch].append(list(batch["chip_id"]))
                     time.sleep(0.05 * k)  # rank 1 is the slow one
             with pytest.raises(PipelineError):
                 next(iter(feed.batches_for(7)))  # epochs are asked for in order
@@ -123,8 +132,10 @@ def test_ray_epochs_read_ahead_on_two_splits_each_epoch_covers_every_chip_once(s
     seen = _run_ranks(consume)
     for epoch in range(3):
         a, b = seen[0][epoch], seen[1][epoch]
-        assert a and b and not set(a) & set(b), epoch
-        assert sorted(a + b) == _chips(stores["landsat"]), epoch
+        assert len(a) == len(b) == per_rank, (epoch, len(a), len(b))  # lockstep: the same number of steps
+        assert all(len(batch) == config.batch_size for batch in a + b), epoch  # full batches only
+        flat_a, flat_b = [c for x in a for c in x], [c for x in b for c in x]
+        assert len(set(flat_a + flat_b)) == len(flat_a + flat_b) and set(flat_a + flat_b) <= set(chips), epoch
 
 
 def test_ray_mixing_one_dataset_and_patch_size_per_batch(stores: dict[str, str]) -> None:
