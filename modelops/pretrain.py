@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,15 +77,22 @@ def existing_checkpoint(cfg: PretrainConfig) -> str | None:
 
 
 def storage_fs(storage: str) -> tuple[Any, str]:
-    """A pyarrow filesystem and path for the run storage: a local path, or s3:// with AWS_ENDPOINT_URL if set."""
+    """A pyarrow filesystem and path for the run storage: a local path, or s3:// with AWS_ENDPOINT_URL if set.
+
+    S3 requests retry transient failures `PYARROW_S3_ATTEMPTS` times (~25 s of backoff), so a checkpoint upload
+    or download bridges a short outage of the object store.
+    """
     from pyarrow import fs as pafs
+
+    from pipeline.s3_retry import PYARROW_S3_ATTEMPTS
 
     if not storage.startswith("s3://"):
         return pafs.LocalFileSystem(), str(Path(storage).resolve())
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     scheme, _, host = endpoint.partition("://")
     kwargs = {"endpoint_override": host, "scheme": scheme} if endpoint else {}
-    return pafs.S3FileSystem(**kwargs), storage.removeprefix("s3://")
+    retries = pafs.AwsDefaultS3RetryStrategy(max_attempts=PYARROW_S3_ATTEMPTS)
+    return pafs.S3FileSystem(retry_strategy=retries, **kwargs), storage.removeprefix("s3://")
 
 
 def _build_trainer(cfg: PretrainConfig, *, rank: int, device: torch.device) -> Trainer:
@@ -128,6 +136,8 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         save(t, last["r"], {"config": to_dict(cfg), "resumes": resumes})
 
     fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every)
+    if tracker is not None:
+        tracker.wait_for_return()  # metrics kept during an MLflow outage: sent, or reported unsent (bounded)
     return trainer
 
 
@@ -267,12 +277,52 @@ def log_dataset_stats(cfg: PretrainConfig, stats: Mapping[str, Any], tracker: Tr
 
 
 # -- after training ---------------------------------------------------------------------------------------------
+REGISTER_ATTEMPTS = 3
+
+
+def _register(cfg: PretrainConfig, final: Path, tracker: Tracker, kept_at: str) -> tuple[int | None, str | None]:
+    """Register the encoder, retried `REGISTER_ATTEMPTS` times (waiting for MLflow between attempts, bounded);
+    returns (version, None), or (None, why) when every attempt failed: the trained run is kept either way."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, REGISTER_ATTEMPTS + 1):
+        try:
+            return register_encoder(final / "student", name=cfg.run.registered_model, tracking_uri=tracker.uri,
+                                    run_id=str(tracker.run_id)), None  # fmt: skip
+        except (MlflowException, OSError) as err:
+            why = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            if attempt == REGISTER_ATTEMPTS:
+                log.warning("registering the encoder failed after %d attempts (%s); the checkpoint stays at %s",
+                            attempt, why, kept_at)  # fmt: skip
+                return None, f"failed after {attempt} attempts: {why}"
+            log.warning("registering the encoder failed (%s); attempt %d/%d once MLflow answers", why, attempt + 1,
+                        REGISTER_ATTEMPTS)  # fmt: skip
+            time.sleep(2.0 * attempt)
+            tracker.wait_for_return(check=True)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def tracking_gap(cfg: PretrainConfig, state: Mapping[str, Any], tracker: Tracker) -> list[int] | None:
+    """Steps of this run (since its last resume) whose metrics MLflow does not have ([] when none is missing,
+    None when tracking is off or the server cannot be asked): an outage's unsent metrics, stated in the summary."""
+    if not tracker.active:
+        return None
+    logged = tracker.logged_steps("loss")
+    if logged is None:
+        return None
+    resumes = state["extra"].get("resumes", [])
+    start = int(resumes[-1]["step"]) if resumes else 0
+    total = int(state["state"]["step"])
+    due = [int(r[0]) for r in state["state"]["history"] if int(r[0]) > start and
+           (int(r[0]) % cfg.run.log_every == 0 or int(r[0]) == total)]  # fmt: skip
+    return [s for s in due if s not in logged]
 def finish(cfg: PretrainConfig, final: Path, tracker: Tracker, *, checkpoint: str = "") -> dict[str, Any]:
     """Loss curve, config and summary under `run.storage/run.name/` and as artifacts, the encoder registered with
     alias `candidate`; returns the summary. `final` is the local final checkpoint, `checkpoint` where it is kept."""
     state = read_state(final)
     config_json = (json.dumps(state["extra"]["config"], indent=2, sort_keys=True) + "\n").encode()
-    version = None
+    version, registration_error = None, None
+    tracker.wait_for_return(check=True)  # an MLflow outage at the end: wait for it (bounded) before the uploads
     with tempfile.TemporaryDirectory(prefix="anysat-results-") as tmp:
         png = write_loss_curve(state["state"]["history"], Path(tmp) / "loss_curve.png")
         (Path(tmp) / "config.json").write_bytes(config_json)
@@ -282,18 +332,12 @@ def finish(cfg: PretrainConfig, final: Path, tracker: Tracker, *, checkpoint: st
             tracker.log_artifact(png)
             tracker.log_artifact(Path(tmp) / "config.json")
             if cfg.run.registered_model:
-                from mlflow.exceptions import MlflowException
-
-                try:
-                    version = register_encoder(final / "student", name=cfg.run.registered_model,
-                                               tracking_uri=tracker.uri, run_id=str(tracker.run_id))  # fmt: skip
-                except (MlflowException, OSError) as err:  # the trained run is kept either way
-                    log.warning("registering the encoder failed (%s); the checkpoint stays at %s", err,
-                                checkpoint or final)  # fmt: skip
+                version, registration_error = _register(cfg, final, tracker, checkpoint or str(final))
     last = state["state"]["history"][-1]
     summary = {"run_id": tracker.run_id, "tracking": "on" if tracker.active else f"off: {tracker.disabled_reason}",
                "steps": state["state"]["step"], "final_loss": last[1], "checkpoint": checkpoint or str(final),
                "registered_model": cfg.run.registered_model if version else None, "version": version,
-               "resumes": state["extra"].get("resumes", []), "loss_curve": curve}  # fmt: skip
+               "resumes": state["extra"].get("resumes", []), "loss_curve": curve,
+               "tracking_gap": tracking_gap(cfg, state, tracker), "registration_error": registration_error}  # fmt: skip
     summary["summary"] = write_run_file(cfg, "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -9,6 +9,7 @@ fixtures and the `python -m infra.local` CLI both use this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -182,23 +183,47 @@ class LocalStack:
         self.state_file.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
 
+    def stop_one(self, name: str, *, kill: bool = False) -> None:
+        """Stop one server (SIGKILL at once when `kill`, as a crash) and keep its record for `start_again`."""
+        svc = self._read_state()[name]
+        if kill:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(svc.pid, signal.SIGKILL)
+            psutil.wait_procs(_process_tree(svc.pid), timeout=10)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(svc.pid, os.WNOHANG)
+        else:
+            _stop_group(svc.pid)
+
+    def start_again(self, name: str) -> RunningService:
+        """Start a stopped or crashed server again on its own ports, over its data on disk (S3's objects,
+        MLflow's database): clients configured before the outage reach it unchanged."""
+        services = self._read_state()
+        if name == "ray" or _alive(services[name].pid):
+            raise StackError(f"{name} is running or cannot be restarted in place; use down and up")
+        services[name] = self._start(self._spec(name, services, [], port=services[name].ports["http"]))
+        self._write_state(services)
+        return services[name]
+
     def pids(self) -> list[int]:
         """PIDs of every process the running servers own (used by tests to prove `down` leaves none)."""
         return [p.pid for svc in self._read_state().values() for p in _process_tree(svc.pid)]
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _spec(self, name: str, services: Mapping[str, RunningService], taken: Sequence[int]) -> ServiceSpec:
+    def _spec(self, name: str, services: Mapping[str, RunningService], taken: Sequence[int],
+              port: int | None = None) -> ServiceSpec:  # fmt: skip
+        port = port or free_port(exclude=taken)
         if name == "stac":
-            return stac_spec(self.config.stac_hrefs, port=free_port(exclude=taken))
+            return stac_spec(self.config.stac_hrefs, port=port)
         if name == "s3":
-            return s3_spec(port=free_port(exclude=taken), data_dir=self.state_dir / "s3")
+            return s3_spec(port=port, data_dir=self.state_dir / "s3")
         if name == "mlflow":
             s3 = services.get("s3")
             if s3 is not None:
                 artifacts, endpoint = f"s3://{self.config.bucket}/mlflow", s3.urls["S3_ENDPOINT_URL"]
             else:
                 artifacts, endpoint = str(self.state_dir / "mlflow" / "artifacts"), None
-            return mlflow_spec(port=free_port(exclude=taken), state_dir=self.state_dir, artifacts=artifacts,
+            return mlflow_spec(port=port, state_dir=self.state_dir, artifacts=artifacts,
                                s3_endpoint=endpoint)  # fmt: skip
         cluster_env = {k: v for k, v in self._env(services).items() if not k.startswith("RAY_")}
         return ray_spec(state_dir=self.state_dir, num_cpus=self.config.ray_num_cpus, exclude=taken,

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if uri and not tracker.active:
         print(f"MLflow was unreachable ({tracker.disabled_reason}); training completed without tracking",
               file=sys.stderr)  # fmt: skip
+    elif summary.get("tracking_gap"):
+        gap = summary["tracking_gap"]
+        print(f"MLflow lacks the metrics of {len(gap)} step(s) ({gap[0]}-{gap[-1]}) logged during an outage",
+              file=sys.stderr)  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -1,6 +1,6 @@
-"""Retries of transient read failures: which errors are transient, and a bounded exponential backoff.
+"""Retries of transient raster read failures, with GDAL's HTTP cache bypassed on each retry.
 
-A read that fails with an HTTP 5xx or 429 answer, a timeout or a dropped connection (as GDAL/rasterio, fsspec,
+Which errors are transient and the backoff are `pipeline.transient`'s (re-exported here). A read that fails with an HTTP 5xx or 429 answer, a timeout or a dropped connection (as GDAL/rasterio, fsspec,
 aiohttp or botocore word them) is worth trying again; a 404, a file that is not a raster or a missing asset is
 not, and becomes a reject at once. GDAL remembers a failed HTTP answer for the rest of the process (its
 `/vsicurl/` cache), so a retry is attempted with that cache turned off for the failing hrefs
@@ -14,10 +14,10 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from pipeline.errors import ChipError
+from pipeline.transient import RetryPolicy, is_transient
 from pipeline.catalog.signing import redact
 
 __all__ = ["RetryPolicy", "TransientReadError", "call_with_retries", "describe_error", "is_transient", "vsi_path"]
@@ -25,21 +25,7 @@ __all__ = ["RetryPolicy", "TransientReadError", "call_with_retries", "describe_e
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_TRANSIENT_TEXT = re.compile(
-    r"HTTP response code: ?(5\d\d|429)|\((5\d\d|429)\)|timed? ?out|timeout"
-    r"|connection (reset|aborted|closed)|reset by peer|broken pipe|server ?disconnected|temporarily unavailable"
-    r"|service ?unavailable|too many requests|slow ?down|throttl|incomplete ?read|internal ?error"
-    r"|could not connect|failed to connect|couldn'?t connect|connection refused|could not resolve|couldn'?t resolve"
-    r"|name or service not known|temporary failure in name resolution|network is unreachable|no route to host",
-    re.IGNORECASE,
-)
-_TRANSIENT_TYPES = ("TimeoutError", "ConnectionError", "ConnectionRefusedError", "gaierror", "ConnectionResetError", "ConnectionAbortedError",
-                    "BrokenPipeError", "FSTimeoutError", "ReadTimeoutError", "ConnectTimeoutError",
-                    "EndpointConnectionError", "ServerDisconnectedError", "ClientConnectionError",
-                    "ClientPayloadError", "IncompleteRead", "RemoteDisconnected")  # fmt: skip
 _MISSING_TEXT = re.compile(r"does not exist|no such file|HTTP response code: ?404", re.IGNORECASE)
-_PERMANENT_TEXT = re.compile(r"HTTP response code: ?(4(0[0-9]|1[0-9]))\b|no such file|not recognized as|does not exist",
-                             re.IGNORECASE)  # fmt: skip
 
 
 class TransientReadError(ChipError):
@@ -48,45 +34,6 @@ class TransientReadError(ChipError):
     def __init__(self, message: str, attempts: int) -> None:
         super().__init__(message)
         self.attempts = attempts
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently transient read failures are retried.
-
-    Attributes:
-        max_retries: Retries after the first attempt (0 = no retry).
-        backoff_s: Wait before the first retry; doubled at each further retry.
-        max_backoff_s: Upper bound of one wait.
-    """
-
-    max_retries: int = 3
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
-            raise ValueError(f"expected max_retries >= 0 and 0 <= backoff_s <= max_backoff_s, got {self}")
-
-    def wait_s(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (1-based)."""
-        return float(min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s))
-
-
-def is_transient(err: BaseException) -> bool:
-    """True when `err` (or an error it was raised from) looks like a failure that may pass on a retry."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        names = {t.__name__ for t in type(current).__mro__}
-        text = str(current)
-        if _PERMANENT_TEXT.search(text) and not re.search(r"HTTP response code: ?(5\d\d|429)", text):
-            return False
-        if names & set(_TRANSIENT_TYPES) or _TRANSIENT_TEXT.search(text):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def describe_error(err: BaseException) -> str:

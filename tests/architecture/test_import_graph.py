@@ -17,7 +17,7 @@ MAX_JOB_LINES = 100
 # pipeline's layers, lowest first: a module may import its own package and the layers below, never above or beside
 PIPELINE_LAYERS = {"pipeline.errors": 0, "pipeline.atomic": 0, "pipeline.config": 0, "pipeline.times": 0,
                    "pipeline.progress": 0, "pipeline.config_reference": 0,
-                   "pipeline.logs": 0, "pipeline.catalog": 1,
+                   "pipeline.logs": 0, "pipeline.transient": 0, "pipeline.s3_retry": 0, "pipeline.catalog": 1,
                    "pipeline.store": 2, "pipeline.ingest": 3, "pipeline.load": 3}  # fmt: skip
 ANYSAT_BANNED = ("mlflow", "ray", "zarr", "fsspec", "s3fs", "pipeline", "modelops", "sklearn", "pandas")
 

@@ -4,11 +4,8 @@ looping over the store during all the writes never sees a truncated file."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,23 +15,7 @@ import pandas as pd
 import pytest
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
-ROOT = Path(__file__).resolve().parents[2]
 SEED = 20260112
-
-
-def _run(store: Path, stac_url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "jobs/ingest.py", "--config", "configs/ingest-landsat.yaml", "--no-ray",
-         "--set", f"store={store}", "--set", "chips_per_shard=1", "--set", "quicklooks=2"],
-        cwd=ROOT, env={**os.environ, "STAC_API_URL": stac_url}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-def _markers(store: Path) -> dict[str, dict]:
-    out = {}
-    for p in (store / "shards").glob("*.zarr/_COMMITTED"):
-        out[p.parent.name] = json.loads(p.read_text())
-    return out
 
 
 def _stamp(path: Path) -> int:
@@ -50,13 +31,13 @@ def _points(store: Path) -> list[tuple[str, Callable[[], bool]]]:
         before = _stamp(path)
         return lambda: _stamp(path) != before
 
-    def more_markers(n: int) -> Callable[[], bool]:
+    def morecommitted(n: int) -> Callable[[], bool]:
         before = len(list((store / "shards").glob("*.zarr/_COMMITTED"))) if (store / "shards").exists() else 0
         return lambda: len(list((store / "shards").glob("*.zarr/_COMMITTED"))) >= before + n
 
     return [("reads", lambda: any((store / "manifests").glob("*.parquet"))),
             ("encoding", lambda: (store / "_tmp").exists() and any((store / "_tmp").iterdir())),
-            ("commit", more_markers(2)), ("index", changed(store / "shards.parquet")),
+            ("commit", morecommitted(2)), ("index", changed(store / "shards.parquet")),
             ("statistics", changed(store / "rejects.parquet"))]  # rejects: the step right before the statistics
 
 
@@ -81,14 +62,14 @@ def _reader(store: Path, stop: threading.Event, bad: list[str]) -> None:
                     bad.append(f"{path}: {type(err).__name__}: {err}")
 
 
-def test_kills_at_seeded_points_then_a_rerun_give_the_uninterrupted_store(sample_items, serve_stac,
-                                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_kills_at_seeded_points_then_a_rerun_give_the_uninterrupted_store(sample_items, serve_stac, ingest_job,
+                                                                          committed, tmp_path: Path) -> None:  # fmt: skip
     collection, rows = sample_items("landsat-c2-l2")
     rng = random.Random(SEED)
     with serve_stac(tmp_path / "api", {"landsat-c2-l2": (collection, rows)}) as url:
-        reference = _run(tmp_path / "ref", url)
+        reference = ingest_job(tmp_path / "ref", url)
         assert reference.wait(timeout=300) == 0, reference.stdout.read().decode()[-2000:] if reference.stdout else ""
-        expected = _markers(tmp_path / "ref")
+        expected = committed(tmp_path / "ref")
         assert len(expected) >= 6
         store = tmp_path / "run"
         stop, bad = threading.Event(), []
@@ -97,7 +78,7 @@ def test_kills_at_seeded_points_then_a_rerun_give_the_uninterrupted_store(sample
         landed = []
         try:
             for name, ready in _points(store):
-                victim = _run(store, url)
+                victim = ingest_job(store, url)
                 time.sleep(rng.uniform(0.0, 0.01))
                 deadline = time.monotonic() + 120
                 while not ready() and victim.poll() is None and time.monotonic() < deadline:
@@ -109,14 +90,14 @@ def test_kills_at_seeded_points_then_a_rerun_give_the_uninterrupted_store(sample
                 landed.append((name, alive))
                 if not alive:  # the run finished first: start the next point on a fresh run
                     break
-            resumed = _run(store, url)
+            resumed = ingest_job(store, url)
             out = resumed.communicate(timeout=300)[0].decode()
         finally:
             stop.set()
             reader.join(timeout=30)
     assert resumed.returncode == 0, out[-2000:]
     assert sum(alive for _, alive in landed) >= 4, landed  # the kills landed mid-run
-    final = _markers(store)
+    final = committed(store)
     assert sorted(final) == sorted(expected)  # the same deterministic shards: none missing, none extra
     assert {k: v["content_hash"] for k, v in final.items()} == {k: v["content_hash"] for k, v in expected.items()}
     chips = [c for v in final.values() for c in v["chip_ids"]]
