@@ -208,8 +208,10 @@ class LocalStack:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_file = logs / f"{spec.name}.log"
-        log.info("starting %s: %s", spec.name, " ".join(spec.argv))
+        log.debug("starting %s: %s", spec.name, " ".join(spec.argv))
         with open(log_file, "ab") as out:
+            out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())  # the command line
+            out.flush()
             proc = subprocess.Popen(  # noqa: S603 - argv is built by services.py, no shell
                 spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=current_env_with(spec.env), cwd=self.state_dir, start_new_session=True,
