@@ -24,6 +24,7 @@ __all__ = [
     "ray_spec",
     "ray_temp_dir",
     "s3_spec",
+    "server_temp_dir",
     "stac_spec",
 ]
 
@@ -142,6 +143,15 @@ def ray_temp_dir(state_dir: Path) -> Path:
         return own
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
     return Path(tempfile.gettempdir()) / f"anysat-ray-{digest}"
+
+
+def server_temp_dir(state_dir: Path) -> Path | None:
+    """The servers' TMPDIR, `<state_dir>/tmp`: what they and the Ray jobs they run put in temporary files (the
+    dashboard's multiprocessing `pymp-*` sockets, MLflow's uploads, the jobs' staging folders) is removed with the
+    stack instead of piling up in /tmp when a server is stopped by a signal. None (the system's temp dir) where
+    a socket path under it could pass 107 characters."""
+    own = state_dir.resolve() / "tmp"
+    return own if len(str(own)) + len("/pymp-xxxxxxxx/listener-xxxxxxxx") <= _SOCKET_PATH_MAX else None
 
 
 def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
