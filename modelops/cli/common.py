@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pipeline.config import ConfigError, load_config, to_yaml
 
 __all__ = ["EXIT_CONFIG", "EXIT_FAILED", "add_config_args", "connect_ray", "fail", "load_or_exit", "quiet",
-           "quiet_ray_data", "worker_env"]
+           "quiet_env", "quiet_ray_data", "worker_env"]
 
 T = TypeVar("T")
 EXIT_FAILED, EXIT_CONFIG = 1, 2
@@ -58,6 +58,12 @@ def quiet(level: int = logging.INFO) -> None:
         py_warnings.addFilter(_DropKnownWarnings())
     extra = ["ignore::PendingDeprecationWarning", "ignore::FutureWarning"]
     os.environ["PYTHONWARNINGS"] = ",".join([*filter(None, os.environ.get("PYTHONWARNINGS", "").split(",")), *extra])
+    quiet_env()
+
+
+def quiet_env() -> None:
+    """The variables that keep third-party output short: progress bars off, MLflow at WARNING and without its
+    "View run" URL lines, Ray's log prefixes without colour codes (set before those libraries are imported)."""
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")  # read when ray.data is first imported
     os.environ.setdefault("TQDM_DISABLE", "1")  # third-party tqdm bars (ours are log lines)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
