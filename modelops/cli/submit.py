@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""  # EXCLUDES are passed explicitly below
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    for name in ("ray", "ray.dashboard", "ray._private"):  # the SDK's packaging INFO lines
+    # the SDK's INFO lines ("Uploading package", "WebSocket closed"); these two loggers set INFO themselves
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         client = JobSubmissionClient(args.address)
