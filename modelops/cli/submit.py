@@ -51,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as err:
         parser.error(f"no Ray cluster at {args.address}: {err}")
     start = time.monotonic()
-    job_id = client.submit_job(entrypoint=shlex.join(entry),
-                               runtime_env={"working_dir": args.working_dir, "excludes": list(EXCLUDES)})  # fmt: skip
+    try:
+        job_id = _submit(client, shlex.join(entry), {"working_dir": args.working_dir, "excludes": list(EXCLUDES)})
+    except (RuntimeError, ValueError, OSError) as err:
+        print(f"submit failed: {err}", file=sys.stderr)
+        return 1
     print(f"ray job {job_id} submitted to {args.address} (follow: ray job logs -f {job_id}; stop: ray job stop "
           f"{job_id})", flush=True)  # fmt: skip
     try:
@@ -63,9 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     info = client.get_job_info(job_id)
     took = time.monotonic() - start
     ok = info.status == JobStatus.SUCCEEDED
-    why = "" if ok or not info.message else f": {info.message}"
+    # Ray's message repeats the job's last logs, already printed above: its first clause is the reason
+    why = "" if ok or not info.message else f": {info.message.splitlines()[0].split(', last available logs')[0]}"
     print(f"ray job {job_id} {info.status.value} in {took:.0f} s{why}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _submit(client: object, entrypoint: str, runtime_env: dict[str, object], wait_s: float = 120.0) -> str:
+    """Submit, retrying while a just-started head answers "No available agent to submit job" (its job agent is
+    not up yet; Ray's own message asks to try again later). Any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return str(client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env))  # type: ignore[attr-defined]
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 async def _tail(client: object, job_id: str) -> None:
