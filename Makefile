@@ -11,11 +11,19 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# pip's output goes to $(PIPLOG); a failed step prints the log's tail, and pip's ERROR lines (a dependency
+# conflict is one, with exit status 0) are printed in any case.
+PIPLOG := $(VENV)/install.log
+pip_install = $(VPY) -m pip install --quiet $(1) >>$(PIPLOG) 2>&1 || \
+	{ tail -n 40 $(PIPLOG); echo "pip install $(1) failed; the whole log: $(PIPLOG)"; exit 1; }
+
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet torch==2.13.0
-	$(VPY) -m pip install --quiet -e '.[dev]'
+	@echo "installing pip, torch 2.13.0 and the project into $(VENV) (a few minutes; log: $(PIPLOG))"
+	@$(call pip_install,--upgrade pip)
+	@$(call pip_install,torch==2.13.0)
+	@$(call pip_install,-e '.[dev]')
+	@grep -h '^ERROR' $(PIPLOG) || true
 	touch $(STAMP)
 
 test: venv
@@ -29,13 +37,13 @@ DEMO_EVAL_ARGS ?=
 demo: venv
 	$(VPY) -m infra.local up
 	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
-	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "The store, every shard as one lazy xarray DataTree: $(VPY) -c \"import pipeline; print(pipeline.open_store('$(CURDIR)/out/demo-dataset'))\""
 	$(VENV)/bin/anysat-stac inspect $(CURDIR)/out/demo-dataset
-	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
 		python jobs/ingest.py --config configs/ingest-landcover.yaml --set store=$(CURDIR)/out/landcover-dataset
-	set -a && . .stack/env && set +a && $(VENV)/bin/ray job submit --working-dir . -- \
+	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
 		python jobs/pretrain.py --config configs/pretrain-demo.yaml --set data.datasets.0.url=$(CURDIR)/out/demo-dataset \
 		--set run.storage=$(CURDIR)/out/runs --set run.name=$(DEMO_RUN)
 	@echo "Evaluating the candidate on the labelled land-cover store (probes: raw pixels, random init, pretrained)"

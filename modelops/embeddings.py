@@ -152,11 +152,12 @@ class StoreEmbeddings:
 
 
 class _Progress:
-    """`embed step k/N (p %) … elapsed, ETA` lines, about every tenth of the run (and the last step)."""
+    """`embed step k/N (p %) … elapsed, ETA` lines, every tenth of the run rounded up (and the last step): at
+    most ten lines, also in a log where a redrawn bar would print each redraw."""
 
     def __init__(self, total: int, out: TextIO, what: str) -> None:
         self.total, self.out, self.what, self.start = max(1, total), out, what, time.perf_counter()
-        self.every = max(1, self.total // 10)
+        self.every = -(-self.total // 10)
 
     def step(self, k: int) -> None:
         if k % self.every and k != self.total:

@@ -209,15 +209,16 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
     """Train with Ray Train's TorchTrainer (gloo on CPU, nccl on GPU); returns the final checkpoint's path on the
     run storage (`local_checkpoint` gives it as a local directory)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipeline.load.ray_loader import ray_datasets
 
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address.startswith("http"):  # a dashboard URL (for `ray job submit`) is not a cluster address
-        address = os.environ.get("RAY_GCS_ADDRESS", "")
-    ray.init(address=address or "local", log_to_driver=True)
+    if not ray.is_initialized():  # the command line connects first (`modelops.cli.common.connect_ray`)
+        address = os.environ.get("RAY_ADDRESS", "")
+        if address.startswith("http"):  # a dashboard URL (for `ray job submit`) is not a cluster address
+            address = os.environ.get("RAY_GCS_ADDRESS", "")
+        ray.init(address=address or "local", log_to_driver=True)
     fs, path = storage_fs(cfg.run.storage)
     resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1.0} if cfg.run.use_gpu else {})
     trainer = TorchTrainer(
@@ -228,7 +229,9 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
         torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=RunConfig(name=cfg.run.name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+                             # Ray Train's INFO lines (worker group started, each report) stay in its log files
+                             logging_config=LoggingConfig(log_level="WARNING")),
         datasets=ray_datasets(cfg.data),
     )  # fmt: skip
     result = trainer.fit()

@@ -165,7 +165,9 @@ def build_catalogs(out_dir: Path, *, samples_dir: Path, l1c_dir: Path | None = N
         _write_if_changed(collection_json, json.dumps(_collection_json(spec, items), indent=2, sort_keys=True) + "\n")
         _write_if_changed(items_ndjson, "".join(json.dumps(i, sort_keys=True) + "\n" for i in items))
         built.append(BuiltCollection(spec.collection_id, collection_json, items_ndjson, len(items)))
-        log.info("built %s: %d items", spec.collection_id, len(items))
+        log.debug("built %s: %d items", spec.collection_id, len(items))
+    log.info("sample catalogs: %d collections, %d items in %s (%s)", len(built), sum(c.n_items for c in built),
+             out_dir, ", ".join(c.collection_id for c in built))  # fmt: skip
     return tuple(built)
 
 

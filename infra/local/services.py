@@ -10,6 +10,7 @@ import hashlib
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "ray_spec",
     "ray_temp_dir",
     "s3_spec",
+    "server_temp_dir",
     "stac_spec",
 ]
 
@@ -124,10 +126,32 @@ def mlflow_spec(*, port: int, state_dir: Path, artifacts: str, s3_endpoint: str 
     return ServiceSpec("mlflow", argv, env, f"{url}/health", {"http": port}, 90.0, {"MLFLOW_TRACKING_URI": url})
 
 
+# Ray puts Unix sockets at `<temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store`: up to 64
+# characters after the temp dir, and a socket path may hold at most 107.
+_SOCKET_PATH_MAX, _RAY_SOCKET_SUFFIX = 107, 64
+
+
 def ray_temp_dir(state_dir: Path) -> Path:
-    """A short per-stack Ray temp dir (Unix socket paths must stay under ~107 characters)."""
+    """The stack's Ray temp dir: `<state_dir>/ray`, so that the stack's session files live (and are removed)
+    with the stack and nothing goes to /tmp/ray.
+
+    Where that path is too long for Ray's Unix sockets (a deep checkout), a short per-stack folder under the
+    system temp dir is used instead; `down` removes it either way.
+    """
+    own = state_dir.resolve() / "ray"
+    if len(str(own)) + _RAY_SOCKET_SUFFIX <= _SOCKET_PATH_MAX:
+        return own
     digest = hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"anysat-ray-{digest}"
+    return Path(tempfile.gettempdir()) / f"anysat-ray-{digest}"
+
+
+def server_temp_dir(state_dir: Path) -> Path | None:
+    """The servers' TMPDIR, `<state_dir>/tmp`: what they and the Ray jobs they run put in temporary files (the
+    dashboard's multiprocessing `pymp-*` sockets, MLflow's uploads, the jobs' staging folders) is removed with the
+    stack instead of piling up in /tmp when a server is stopped by a signal. None (the system's temp dir) where
+    a socket path under it could pass 107 characters."""
+    own = state_dir.resolve() / "tmp"
+    return own if len(str(own)) + len("/pymp-xxxxxxxx/listener-xxxxxxxx") <= _SOCKET_PATH_MAX else None
 
 
 def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
@@ -170,8 +194,12 @@ def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
     dashboard = f"http://{HOST}:{ports['dashboard']}"
     # Token auth is switched on once any `ray.init()` has written ~/.ray/auth_token; the local head is
     # loopback-only, so it runs without it (a shared cluster keeps it on).
-    env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | {"RAY_USAGE_STATS_ENABLED": "0",
-                                                              "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    # The head's processes (Ray Train's controller and its placement-group cleaner among them) are told their own
+    # cluster: without it they look for `gcs_server` processes and fail with "Found multiple active Ray
+    # instances" when another Ray runs on the machine (a second stack, a test suite).
+    own = {"RAY_ADDRESS": f"{HOST}:{ports['gcs']}", "RAY_API_SERVER_ADDRESS": dashboard}
+    env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | own | {"RAY_USAGE_STATS_ENABLED": "0",
+                                                                    "RAY_AUTH_MODE": "disabled"}  # fmt: skip
     urls = {"RAY_ADDRESS": dashboard, "RAY_GCS_ADDRESS": f"{HOST}:{ports['gcs']}"}
     return ServiceSpec("ray", argv, env, f"{dashboard}/api/version", ports, 120.0, urls)
 

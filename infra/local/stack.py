@@ -35,6 +35,7 @@ from infra.local.services import (
     ray_spec,
     ray_temp_dir,
     s3_spec,
+    server_temp_dir,
     stac_spec,
 )
 
@@ -180,6 +181,8 @@ class LocalStack:
         for proc in _processes_mentioning(str(ray_temp_dir(self.state_dir))):
             _stop_group(proc.pid)
         shutil.rmtree(ray_temp_dir(self.state_dir), ignore_errors=True)
+        if server_temp_dir(self.state_dir) is not None:
+            shutil.rmtree(server_temp_dir(self.state_dir), ignore_errors=True)
         self.state_file.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
 
@@ -233,11 +236,17 @@ class LocalStack:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_file = logs / f"{spec.name}.log"
-        log.info("starting %s: %s", spec.name, " ".join(spec.argv))
+        log.debug("starting %s: %s", spec.name, " ".join(spec.argv))
+        tmp = server_temp_dir(self.state_dir)
+        if tmp is not None:
+            tmp.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:
+            out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(spec.argv)}\n".encode())  # the command line
+            out.flush()
             proc = subprocess.Popen(  # noqa: S603 - argv is built by services.py, no shell
                 spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=current_env_with(spec.env), cwd=self.state_dir, start_new_session=True,
+                env=current_env_with({**spec.env, **({"TMPDIR": str(tmp)} if tmp else {})}), cwd=self.state_dir,
+                start_new_session=True,
             )  # fmt: skip
         svc = RunningService(spec.name, proc.pid, dict(spec.ports), dict(spec.urls), str(log_file), list(spec.argv))
         deadline = time.monotonic() + spec.ready_timeout_s

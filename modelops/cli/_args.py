@@ -51,10 +51,14 @@ def server_uri(given: str, parser: Parser, *, required: bool = True) -> str:
 
 
 def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Make `main(argv)` return the exit status of argument errors and `--help` (2 and 0) instead of raising."""
+    """Make `main(argv)` return the exit status of argument errors and `--help` (2 and 0) instead of raising;
+    third-party output kept short (`common.quiet_env`)."""
 
     @wraps(main)
     def run(argv: list[str] | None = None) -> int:
+        from modelops.cli.common import quiet_env
+
+        quiet_env()
         try:
             return main(argv)
         except SystemExit as done:

@@ -22,8 +22,8 @@ import signal
 import sys
 from dataclasses import asdict
 
-from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, config_epilog, fail, is_status,
-                                 load_or_exit, quiet, quiet_ray_data)  # fmt: skip
+from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, config_epilog, connect_ray, fail,
+                                 is_status, load_or_exit, quiet, quiet_ray_data)  # fmt: skip
 from modelops.cli.preflight import check_collections, check_stac_api, check_store
 from pipeline.errors import PipelineError
 from pipeline.ingest.config import IngestConfig
@@ -83,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.ingest.run import run_ingest
 
     if not args.no_ray:
-        if os.environ.get("RAY_ADDRESS", "").startswith("http"):
-            # a dashboard URL (for `ray job submit`) is not a cluster address for ray.init()
-            os.environ["RAY_ADDRESS"] = os.environ.get("RAY_GCS_ADDRESS", "")
         quiet_ray_data()
+        connect_ray()
     signal.signal(signal.SIGTERM, _stop)
     sas = os.environ.get("PC_SAS_URL") or None  # Planetary Computer's token service (default: the public one)
     try:

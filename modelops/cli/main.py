@@ -17,6 +17,7 @@ COMMANDS = {
     "promote": "move a registered model's @champion alias",
     "inspect": "what a store holds: shards, chips, sensors, dates, rejects, statistics, manifests",
     "stack": "the local stack of real servers: up | down | status | env | catalogs",
+    "submit": "run a command as a Ray job (as `ray job submit --working-dir .`), with short output",
 }
 
 

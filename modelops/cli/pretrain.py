@@ -19,8 +19,8 @@ import logging
 import os
 import sys
 
-from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, config_epilog, fail, is_status,
-                                 load_or_exit, quiet, quiet_ray_data)  # fmt: skip
+from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, config_epilog, connect_ray, fail,
+                                 is_status, load_or_exit, quiet, quiet_ray_data)  # fmt: skip
 from modelops.cli.preflight import check_store
 from modelops.pretrain_config import PretrainConfig
 from pipeline.config import to_dict
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     wiring.log_dataset_stats(cfg, stats, tracker)
     if not args.no_ray:
         quiet_ray_data()
+        connect_ray()
     run = wiring.run_plain if args.no_ray else wiring.run_ray
     try:
         final = run(cfg, restore=latest, tracking=(tracker.uri, tracker.run_id))

@@ -13,6 +13,7 @@ import psutil
 import pytest
 from shapely.geometry import box, shape
 
+from infra.local.services import ray_temp_dir, server_temp_dir
 from infra.local.stack import LocalStack, StackConfig
 from pipeline.catalog.search import StacQuery, open_client, search_items
 
@@ -159,8 +160,11 @@ def test_up_is_idempotent_and_down_leaves_no_process(tmp_path: Path, catalog_fil
         assert stack.up() == env  # idempotent: same servers, same ports
         assert {name: s["pid"] for name, s in stack.status().items()} == leaders
         assert (tmp_path / "stack" / "env").read_text().count("export ") == len(env)
+        temp_dirs = [d for d in (ray_temp_dir(tmp_path / "stack"), server_temp_dir(tmp_path / "stack")) if d]
+        assert all(d.is_dir() for d in temp_dirs)
     finally:
         stack.down()
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"processes left behind: {alive}"
     assert not (tmp_path / "stack" / "state.json").exists()
+    assert not any(d.exists() for d in temp_dirs)  # Ray's session files and the servers' temp files go with it

@@ -24,8 +24,9 @@ def test_the_installed_command_is_the_dispatcher_over_every_job() -> None:
     script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["anysat-stac"]
     module, _, func = script.partition(":")
     assert getattr(importlib.import_module(module), func) is main
-    assert set(COMMANDS) == {"ingest", "pretrain", "evaluate", "embed", "promote", "inspect", "stack"}
-    for name in ("ingest", "pretrain", "inspect", "stack"):
+    assert set(COMMANDS) == {"ingest", "pretrain", "evaluate", "embed", "promote", "inspect", "stack",
+                             "submit"}
+    for name in ("ingest", "pretrain", "inspect", "stack", "submit"):
         assert callable(importlib.import_module(f"modelops.cli.{name}").main)
 
 
