@@ -170,7 +170,10 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    log.info("rank %d of %d on node %s", rank, world, ray.get_runtime_context().get_node_id())
+    # which process this rank is and where rank 0's rendezvous store (torch's TCPStore) listens
+    log.info("rank %d of %d on node %s (pid %d, process group store %s:%s)", rank, world,
+             ray.get_runtime_context().get_node_id(), os.getpid(), os.environ.get("MASTER_ADDR", "-"),
+             os.environ.get("MASTER_PORT", "-"))  # fmt: skip
     shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
     def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
         metrics = {**r.metrics(), "step": t.state.step}
