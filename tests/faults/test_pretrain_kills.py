@@ -1,6 +1,6 @@
 """A Ray Train worker and then the driver of a pretraining run SIGKILLed; the run continued with `--resume`.
 
-Two DDP ranks (gloo) on the session stack's Ray head train the demo store (16 chips in 8 shards, 2 chips a
+Two DDP ranks (gloo) on a local Ray cluster (each driver's own) train the demo store (16 chips in 8 shards, 2 chips a
 batch: 4 steps an epoch per rank), checkpointing every 2 steps to a local run storage. The test reads the
 driver's log (the workers' lines reach it through Ray) and acts on what it says:
 
@@ -37,7 +37,7 @@ from pipeline.config import load_config
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.run import run_ingest
 
-pytestmark = [pytest.mark.faults, pytest.mark.stack, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
 RANK = re.compile(r"rank (\d) of 2 on node \w+ \(pid (\d+),")
@@ -64,7 +64,7 @@ class _Driver:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 150) -> None:
+    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             assert self.proc.poll() is None, f"the run ended ({self.proc.returncode}) before {what}:\n{self.log[-4000:]}"
@@ -84,12 +84,16 @@ class _Driver:
 
 
 @pytest.fixture(scope="module")
-def demo_store(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo store with 240 m chips, 2 a shard (16 chips in 8 shards), ingested in this process."""
-    store = tmp_path_factory.mktemp("pretrain-kills") / "demo-dataset"
+def demo_store(sample_items, serve_stac, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    """The demo store with 240 m chips, 2 a shard (16 chips in 8 shards), ingested in this process from a
+    `rustac serve` of the two sample collections it reads."""
+    folder = tmp_path_factory.mktemp("pretrain-kills")
+    store = folder / "demo-dataset"
     config = load_config(IngestConfig, ROOT / "configs" / "ingest-demo.yaml",
                          [f"store={store}", "grid.chip_size_m=240", "chips_per_shard=2"])  # fmt: skip
-    run_ingest(config, stac_url=stack_env["STAC_API_URL"], use_ray=False)
+    collections = {c: sample_items(c) for c in ("sentinel-2-l2a", "sentinel-1-rtc")}
+    with serve_stac(folder / "api", collections) as url:
+        run_ingest(config, stac_url=url, use_ray=False)
     return store
 
 
@@ -113,8 +117,7 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
-def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, stack_env: dict[str, str],
-                                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path) -> None:
     storage, name = tmp_path / "runs", "kills"
     run_dir = storage / name
     argv = [sys.executable, "jobs/pretrain.py", "--config", "configs/pretrain-demo.yaml",
@@ -122,8 +125,8 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
                            f"run.name={name}", "run.workers=2", f"optim.total_steps={STEPS}", "optim.warmup_steps=1",
                            "run.checkpoint_every=2", "run.keep_checkpoints=4")
               for a in ("--set", kv)]]  # fmt: skip
-    env = {**os.environ, **stack_env}  # the stack's Ray head
-    env.pop("MLFLOW_TRACKING_URI")  # tracking off: not this test's subject
+    # each driver starts its own local Ray (ended with the driver, SIGKILL included: Ray's reaper); no tracking
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     first = _Driver(argv, env)
     try:
         # 1. rank 1's worker SIGKILLed after the step-2 checkpoint
