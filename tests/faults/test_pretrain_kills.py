@@ -21,12 +21,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -117,7 +119,16 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
-def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def ray_tmp() -> Iterator[str]:
+    """A short temp dir of the drivers' own Ray clusters (Unix socket paths must stay under ~107 characters)."""
+    path = tempfile.mkdtemp(prefix="anysat-kills-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path,
+                                                                       ray_tmp: str) -> None:  # fmt: skip
     storage, name = tmp_path / "runs", "kills"
     run_dir = storage / name
     argv = [sys.executable, "jobs/pretrain.py", "--config", "configs/pretrain-demo.yaml",
@@ -127,6 +138,7 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
               for a in ("--set", kv)]]  # fmt: skip
     # each driver starts its own local Ray (ended with the driver, SIGKILL included: Ray's reaper); no tracking
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["RAY_TMPDIR"] = ray_tmp  # where Ray records "the current cluster": this test's, not another on the machine
     first = _Driver(argv, env)
     try:
         # 1. rank 1's worker SIGKILLed after the step-2 checkpoint
