@@ -39,7 +39,7 @@ from pipeline.config import load_config
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.run import run_ingest
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
 RANK = re.compile(r"rank (\d) of 2 on node \w+ \(pid (\d+),")
@@ -66,7 +66,7 @@ class _Driver:
     def log(self) -> str:
         return "".join(self.lines)
 
-    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 240) -> None:
+    def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 420) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             assert self.proc.poll() is None, f"the run ended ({self.proc.returncode}) before {what}:\n{self.log[-4000:]}"
