@@ -64,9 +64,8 @@ class TwoNodes:
 class _SocketSampler(threading.Thread):
     """Samples `ss -tnp` every second: the TCP connections (and listening sockets) of the given process trees.
 
-    Each socket is kept with its owner's pid, and each pid's full command line (read while the process lives:
-    Ray renames a worker's title with every task it runs, so the 15-character name `ss` prints says little).
-    """
+    Each socket is kept with its owner's pid and each pid's full command line (Ray renames a worker's title with
+    every task it runs, so the 15-character name `ss` prints says little)."""
 
     def __init__(self, roots: list[int]) -> None:
         super().__init__(daemon=True)
@@ -96,7 +95,7 @@ class _SocketSampler(threading.Thread):
                 if pid not in self.cmdlines:
                     try:
                         self.cmdlines[pid] = " ".join(psutil.Process(pid).cmdline())
-                    except psutil.Error:
+                    except psutil.Error:  # ended since `ss` saw it
                         self.cmdlines[pid] = "?"
         self.samples += 1
 
@@ -109,10 +108,8 @@ class _SocketSampler(threading.Thread):
 
         One exception, identified by what it is and not by a process title: torch.distributed's rendezvous store
         (TCPStore) always listens on every interface, whatever host it is given (torch 2.13 has no bind
-        address). `stores` holds (pid, port) of each rank 0 as its Ray Train worker logged them (its own pid
-        and MASTER_PORT); a wildcard listener is exempt only on that port, in that pid, in a Ray worker process.
-        Its clients connect over loopback, which the connections checked here prove.
-        """
+        address; its clients connect over loopback, as checked here). `stores`: (pid, MASTER_PORT) of each
+        rank 0 as its worker logged them; a wildcard listener is exempt only there, and in a Ray worker."""
         bad = []
         for state, local, peer, pid in self.seen:
             cmdline = self.cmdlines.get(pid, "?")
@@ -218,9 +215,7 @@ def _assert_nothing_local(mn: TwoNodes) -> None:
 
 @dataclass
 class Ingested:
-    """The ingestion job's run on the cluster: the store it wrote and its output."""
-
-    store: str
+    store: str  # what the ingestion job wrote on the cluster, and its output
     out: subprocess.CompletedProcess[str]
 
 
@@ -273,8 +268,7 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
     assert shard_tasks, sorted({t.name for t in tasks})
     # what decides the placement, as measured: when each shard worker was up (ready) and where each shard ran
     timeline = sorted((t.end_time_ms or 0, t.name.rsplit(".", 1)[-1], (t.node_id or "?")[:8], t.worker_pid)
-                      for t in tasks
-                      if t.name.endswith(("_ShardWorker.write", "_ShardWorker.ready", "_ShardWorker.__init__")))
+                      for t in tasks if t.name.endswith(("_ShardWorker.write", "_ShardWorker.ready")))
     assert {t.node_id for t in shard_tasks} == mn.node_ids, timeline
 
 
@@ -358,8 +352,8 @@ def test_the_socket_check_exempts_only_the_logged_rendezvous_store() -> None:
         assert cmdline.startswith("ray::RayTrainWorker") and psutil.Process(pid).name().startswith("ray::RayTrainWo")
         assert sampler.foreign({(planted.pid, port + 1), (planted.pid + 1, port)}) != []  # another port or pid
         assert sampler.foreign({(planted.pid, port)}) == []  # the store rank 0 logged: exempt
-        log = f"INFO rank 0 of 2 on node abc123 (pid {planted.pid}, process group store 127.0.0.1:{port})"
-        assert rendezvous_stores(log) == {(planted.pid, port)}
+        assert rendezvous_stores(f"rank 0 of 2 on node ab (pid {planted.pid}, process group store 0:{port})") == {
+            (planted.pid, port)}
     finally:
         planted.kill()
         planted.wait()
