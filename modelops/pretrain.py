@@ -30,6 +30,7 @@ from anysat.jepa import Jepa
 from modelops.registry import register_encoder
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint, wrap_ddp
+from anysat.train.checkpoint import STATE_FILE, missing_files
 from pipeline.config import to_dict
 from pipeline.progress import Progress
 from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
@@ -66,14 +67,36 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 
 def existing_checkpoint(cfg: PretrainConfig) -> str | None:
-    """The run's latest checkpoint on its storage (local or s3://), or None."""
-    fs, path = storage_fs(cfg.run.storage)
+    """The run's latest complete checkpoint on its storage (local or s3://), or None.
+
+    A checkpoint directory whose files do not match the sizes its `state.json` lists (an upload cut short by
+    a killed worker or driver) is skipped with a warning, so `--resume` never starts from half a checkpoint.
+    """
     from pyarrow import fs as pafs
 
+    fs, path = storage_fs(cfg.run.storage)
     run_dir = f"{path.rstrip('/')}/{cfg.run.name}"
     infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
     names = sorted(i.base_name for i in infos if re.fullmatch(rf"{CKPT_PREFIX}\d+", i.base_name))
-    return f"{run_dir}/{names[-1]}" if names else None
+    for name in reversed(names):
+        lacking = _lacking(fs, f"{run_dir}/{name}")
+        if not lacking:
+            return f"{run_dir}/{name}"
+        log.warning("checkpoint %s/%s is incomplete (%s missing or cut short); resuming from an earlier one",
+                    run_dir, name, ", ".join(lacking[:4]))  # fmt: skip
+    return None
+
+
+def _lacking(fs: Any, checkpoint: str) -> list[str]:
+    """The files a checkpoint copy on `fs` lacks against its `state.json` (`anysat.train.missing_files`)."""
+    from pyarrow import fs as pafs
+
+    found = fs.get_file_info(pafs.FileSelector(checkpoint, recursive=True))
+    sizes = {i.path[len(checkpoint) + 1 :]: i.size for i in found if i.type == pafs.FileType.File}
+    if STATE_FILE not in sizes:
+        return [STATE_FILE]
+    with fs.open_input_stream(f"{checkpoint}/{STATE_FILE}") as src:
+        return missing_files(src.read(), sizes)
 
 
 def storage_fs(storage: str) -> tuple[Any, str]:
@@ -112,8 +135,10 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         state = load_checkpoint(trainer, restore, rank=rank)  # rank > 0: its own random streams, not rank 0's
         resumes = list(read_state(restore)["extra"].get("resumes", []))
         resumes.append({"step": state.step, "target_sha256": weights_digest(trainer.jepa.target)})
-        log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in)", rank, restore, state.step,
-                 state.epoch, state.batches_in_epoch)  # fmt: skip
+        log.info("rank %d resumed from %s at step %d (epoch %d, %d batches in; target %s, mask stream %s, "
+                 "torch stream %s)", rank, restore, state.step, state.epoch, state.batches_in_epoch,
+                 resumes[-1]["target_sha256"][:16], stream_digest(trainer.jepa.generator.get_state()),
+                 stream_digest(torch.get_rng_state()))  # fmt: skip
     if world > 1:
         keys = [set(src.modalities.values()) if src.modalities else None for src in cfg.data.datasets]
         known = None if None in keys else [k for k in keys if k is not None]
@@ -139,6 +164,11 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
     if tracker is not None:
         tracker.wait_for_return()  # metrics kept during an MLflow outage: sent, or reported unsent (bounded)
     return trainer
+
+
+def stream_digest(state: torch.Tensor) -> str:
+    """A short SHA-256 of a random generator's state: two ranks with equal digests draw the same masks."""
+    return hashlib.sha256(state.numpy().tobytes()).hexdigest()[:16]
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -180,7 +210,10 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    log.info("rank %d of %d on node %s", rank, world, ray.get_runtime_context().get_node_id())
+    # which process this rank is and where rank 0's rendezvous store (torch's TCPStore) listens
+    log.info("rank %d of %d on node %s (pid %d, process group store %s:%s)", rank, world,
+             ray.get_runtime_context().get_node_id(), os.getpid(), os.environ.get("MASTER_ADDR", "-"),
+             os.environ.get("MASTER_PORT", "-"))  # fmt: skip
     shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
     def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
         metrics = {**r.metrics(), "step": t.state.step}

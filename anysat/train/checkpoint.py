@@ -7,10 +7,13 @@ Layout (no pickled code anywhere; weights are safetensors, small state JSON):
     jepa.safetensors                                 predictor, modality-mask token and sub-tile contrast head
     optimizer.pt                                     AdamW state (`torch.load(weights_only=True)`)
     rng.safetensors                                  rank 0's mask-generator and torch CPU RNG states
-    state.json                                       step, data position, samples, schedule, configs, loss history
+    state.json                                       step, data position, samples, schedule, configs, loss history,
+                                                     and every other file's size (`files`), written last
 
 `save_checkpoint` writes into a sibling temporary directory and renames it into place, so a crash never leaves a
-half-written checkpoint under the final name.
+half-written checkpoint under the final name. A copy of it (Ray Train uploading to the run storage, file by
+file, in a process that can be killed) has no such rename: `missing_files` compares a copy with the sizes its
+`state.json` lists, so a resume can tell a complete checkpoint from a partial upload.
 
 Random streams after a resume: rank 0 (the rank that writes checkpoints) restores its saved generator states,
 so a one-process run continues exactly; every other rank derives its own streams from (its mask seed, its rank,
@@ -32,7 +35,7 @@ import torch
 from anysat.model import AnySat
 from anysat.train.loop import Trainer, TrainState
 
-__all__ = ["STATE_FILE", "load_checkpoint", "rank_seed", "read_state", "save_checkpoint"]
+__all__ = ["STATE_FILE", "load_checkpoint", "missing_files", "rank_seed", "read_state", "save_checkpoint"]
 
 STATE_FILE = "state.json"
 
@@ -68,8 +71,9 @@ def save_checkpoint(trainer: Trainer, directory: str | Path, *, extra: dict[str,
     save_file({"mask_generator": jepa.generator.get_state(), "torch": torch.get_rng_state()},
               str(tmp / "rng.safetensors"))  # fmt: skip
     scheduler = {k: v for k, v in trainer.scheduler.state_dict().items() if k != "lr_lambdas"}
+    files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
     payload = {"state": asdict(trainer.state), "scheduler": scheduler, "optim": trainer.config.to_dict(),
-               "extra": extra or {}}  # fmt: skip
+               "extra": extra or {}, "files": files}  # fmt: skip
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     if out.exists():
         shutil.rmtree(out)
@@ -84,6 +88,20 @@ def read_state(directory: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: {directory} is not a checkpoint written by save_checkpoint")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def missing_files(state_json: bytes, sizes: dict[str, int]) -> list[str]:
+    """What a checkpoint copy lacks: `state.json`'s bytes and the copy's {relative path: size} of other files.
+
+    Returns the files missing or of another size than `save_checkpoint` wrote (`["state.json"]` if it does
+    not parse); empty for a complete copy. A checkpoint from before `files` was recorded is complete if its
+    state parses.
+    """
+    try:
+        listed = json.loads(state_json).get("files", {})
+    except (ValueError, AttributeError):
+        return [STATE_FILE]
+    return sorted(name for name, size in listed.items() if sizes.get(name) != size)
 
 
 def rank_seed(seed: int, rank: int, step: int, stream: str) -> int:
