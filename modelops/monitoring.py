@@ -87,9 +87,9 @@ def check_probe_store(cfg: PretrainConfig) -> None:
     from pipeline.store.labels import read_labels
 
     store = cfg.monitor.probe_store
-    read_labels(store)
     keys = [m.key for m in cfg.model.anysat().modalities]
     try:
+        read_labels(store)
         store_mapping(sorted(read_stats(store)), keys)
     except PipelineError as err:
         raise PipelineError(f"monitor.probe_store {store}: {err}") from err

@@ -191,6 +191,12 @@ def test_an_invalid_config_exits_2_before_training(demo_store: Path, tmp_path: P
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "data.datasets.0.modalities.s1=s1-des",
                                              "model.modalities=[s2]"), NO_MLFLOW, ok=False)  # fmt: skip
     assert out.returncode == 2 and "not among model.modalities" in out.stderr
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", f"monitor.probe_store={demo_store}"),
+               NO_MLFLOW, ok=False)  # the demo store has no labels to probe  # fmt: skip
+    assert out.returncode == 2 and "monitor.probe_store" in out.stderr and "has no labels" in out.stderr
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "monitor.collapse_action=halt"), NO_MLFLOW,
+               ok=False)  # fmt: skip
+    assert out.returncode == 2 and "PretrainConfig.monitor.collapse_action: expected one of" in out.stderr
 
 
 def _run_named(client: Any, experiment: str, name: str) -> Any:
@@ -226,13 +232,14 @@ def test_the_monitor_logs_ranks_stds_and_the_probe_and_stays_silent_on_a_healthy
     assert lines and "rank_student" in lines[0] and "probe_balanced_accuracy" in lines[0]
 
 
+@pytest.mark.timeout(1800)  # two jobs
 def test_the_collapse_guard_stops_a_collapsed_run_and_marks_it_failed(demo_store: Path, tmp_path: Path,
                                                                       stack_env: dict[str, str]) -> None:  # fmt: skip
     from mlflow.tracking import MlflowClient
 
     experiment = f"collapse-{os.getpid()}"
-    common = ["optim.total_steps=8", "optim.warmup_steps=1", "run.registered_model=''", f"run.experiment={experiment}",
-              "monitor.eval_every=2", "monitor.plant_collapse_at_step=2"]  # the student collapses after step 2
+    common = ["optim.total_steps=4", "optim.warmup_steps=1", "run.registered_model=''", f"run.experiment={experiment}",
+              "monitor.eval_every=2", "monitor.batch_size=4", "monitor.plant_collapse_at_step=2"]  # collapse after 2
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "collapsed", *common, "monitor.collapse_action=stop"),
                stack_env, ok=False)  # fmt: skip
     assert out.returncode == 3, out.stderr[-3000:]
@@ -246,5 +253,5 @@ def test_the_collapse_guard_stops_a_collapsed_run_and_marks_it_failed(demo_store
     assert sorted(ranks) == [0, 2, 4] and ranks[4] < 1.5 < ranks[0]  # stopped at the first measurement after it
     # `warn` (the default action) says the same loudly and trains to the end
     warned = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "warned", *common), stack_env)
-    assert "REPRESENTATION COLLAPSE at step 4" in warned.stderr and _summary(warned)["steps"] == 8
+    assert "REPRESENTATION COLLAPSE at step 4" in warned.stderr and _summary(warned)["steps"] == 4
     assert client.get_run(_summary(warned)["run_id"]).info.status == "FINISHED"
