@@ -141,8 +141,15 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         first = monitor.initial_rank if monitor is not None else None
         save(t, last["r"], {"config": to_dict(cfg), "resumes": resumes, "monitor_initial_rank": first})
 
-    fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every,
-        monitor=monitor)  # type: ignore[arg-type]  # a SharedVerdict has Monitor's due/measure
+    try:
+        fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every,
+            monitor=monitor)  # type: ignore[arg-type]  # a SharedVerdict has Monitor's due/measure
+    except CollapseError:  # the measurement that stopped the run never reached a step report: log it here
+        measured = getattr(monitor, "monitor", monitor)
+        if tracker is not None and measured is not None and measured.history:
+            values = dict(measured.history[-1])
+            tracker.log_metrics(values, step=int(values.pop("step")))
+        raise
     return trainer
 
 
