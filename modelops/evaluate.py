@@ -35,14 +35,14 @@ import numpy as np
 import torch
 
 from anysat.metrics import effective_rank
-from modelops.embeddings import ModelRef, embed_store, load_encoder, random_twin
+from modelops.embeddings import ModelRef, StoreEmbeddings, embed_store, load_encoder, random_twin
 from modelops.evaluation import ProbeResult, block_ids, block_split, knn_probe, linear_probe
 from modelops.evaluation.probe import DEFAULT_CS
 from pipeline.errors import PipelineError
 from pipeline.store.labels import read_labels
 from pipeline.store.shards import StoreLayout, manifest_versions, open_shard, read_index
 
-__all__ = ["EVAL_METRIC", "EvalConfig", "EvalReport", "evaluate", "format_table"]
+__all__ = ["EVAL_METRIC", "EvalConfig", "EvalReport", "ProbeSplit", "evaluate", "format_table", "probe_split"]
 
 EVAL_METRIC = "eval.balanced_accuracy"  # the model-version tag promotion compares (encoder, linear probe)
 FEATURES = {"raw": "raw pixels", "random": "random init", "model": "pretrained"}
@@ -141,20 +141,35 @@ def _centres(config: EvalConfig, chip_ids: list[str]) -> tuple[np.ndarray, np.nd
     return (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, float(b[0, 2] - b[0, 0])
 
 
-def evaluate(config: EvalConfig, *, progress: TextIO | None = sys.stderr) -> EvalReport:
-    """Run the evaluation of the module docstring and log it to MLflow when `tracking_uri` is set.
+@dataclass(frozen=True)
+class ProbeSplit:
+    """The labelled chips a probe uses and their spatial-block split (see the module docstring, steps 3-4).
 
-    `progress` receives the embedding's step lines (None: silent); `format_table(report)` is the printed table.
+    Attributes:
+        keep: Mask over the embedded chips: the labelled chips that pass the selection.
+        y: Majority class of every kept chip.
+        train, test: Masks over the kept chips (whole spatial blocks).
+        groups: Spatial block of every training chip (the probes' cross-validation groups).
+    """
+
+    keep: np.ndarray
+    y: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    groups: np.ndarray
+
+    def linear(self, features: np.ndarray, config: EvalConfig) -> ProbeResult:
+        """The class-balanced linear probe of `features` (one row per kept chip), C chosen on the training blocks."""
+        return linear_probe(features[self.train], self.y[self.train], features[self.test], self.y[self.test],
+                            self.groups, Cs=config.cs, n_splits=config.cv_folds)  # fmt: skip
+
+
+def probe_split(config: EvalConfig, emb: StoreEmbeddings, labels: Any) -> ProbeSplit:
+    """Select the labelled chips of `emb` (thresholds of `config`) and split them by spatial blocks.
 
     Raises:
         PipelineError: Too few labelled chips, classes or blocks to probe.
-        StoreError: The store has no labels or cannot be read.
     """
-    model, ref = load_encoder(config.model, tracking_uri=config.tracking_uri or None)
-    labels = read_labels(config.store, storage_options=config.storage_options)
-    emb = embed_store(config.store, {"model": model, "random": random_twin(model, seed=config.seed)},
-                      patch_size=config.patch_size, batch_size=config.batch_size,
-                      storage_options=config.storage_options, progress=progress)  # fmt: skip
     lab = labels.sel(chip=emb.chip_ids)
     purity = lab["fractions"].values.max(axis=1) if lab.sizes["class"] else np.zeros(len(emb.chip_ids))
     keep = ((lab["coverage"].values >= config.min_label_coverage) & (emb.valid_fraction >= config.min_valid)
@@ -175,15 +190,31 @@ def evaluate(config: EvalConfig, *, progress: TextIO | None = sys.stderr) -> Eva
     if len(np.unique(y[train])) < 2:
         raise PipelineError(f"the training blocks hold one class only ({np.unique(y[train]).tolist()}); change seed "
                             "or block_chips")  # fmt: skip
-    groups = block_ids(x_m[train], y_m[train], block_m)
+    return ProbeSplit(keep, y, train, test, block_ids(x_m[train], y_m[train], block_m))
+
+
+def evaluate(config: EvalConfig, *, progress: TextIO | None = sys.stderr) -> EvalReport:
+    """Run the evaluation of the module docstring and log it to MLflow when `tracking_uri` is set.
+
+    `progress` receives the embedding's step lines (None: silent); `format_table(report)` is the printed table.
+
+    Raises:
+        PipelineError: Too few labelled chips, classes or blocks to probe.
+        StoreError: The store has no labels or cannot be read.
+    """
+    model, ref = load_encoder(config.model, tracking_uri=config.tracking_uri or None)
+    labels = read_labels(config.store, storage_options=config.storage_options)
+    emb = embed_store(config.store, {"model": model, "random": random_twin(model, seed=config.seed)},
+                      patch_size=config.patch_size, batch_size=config.batch_size,
+                      storage_options=config.storage_options, progress=progress)  # fmt: skip
+    split = probe_split(config, emb, labels)
+    keep, train, test = split.keep, split.train, split.test
     features = {"raw": emb.raw[keep], "random": emb.tiles["random"][keep], "model": emb.tiles["model"][keep]}
     probes: dict[str, dict[str, ProbeResult]] = {}
     for name, feats in features.items():
-        probes[name] = {
-            "linear": linear_probe(feats[train], y[train], feats[test], y[test], groups, Cs=config.cs,
-                                   n_splits=config.cv_folds),
-            "knn": knn_probe(feats[train], y[train], feats[test], y[test], groups, n_splits=config.cv_folds),
-        }  # fmt: skip
+        probes[name] = {"linear": split.linear(feats, config),
+                        "knn": knn_probe(feats[train], split.y[train], feats[test], split.y[test], split.groups,
+                                         n_splits=config.cv_folds)}  # fmt: skip
     ranks = {n: effective_rank(torch.from_numpy(features[n])) for n in ("random", "model")}
     classes = {int(v): str(n) for v, n in zip(labels["class"].values, labels["class_name"].values, strict=True)}
     manifests = manifest_versions(StoreLayout(config.store, storage_options=dict(config.storage_options)))

@@ -27,9 +27,11 @@ import torch
 
 from anysat import AnySat
 from anysat.jepa import Jepa
+from modelops.monitoring import COLLAPSE_FILE, build_monitor, plant_collapse, tracked_metrics
 from modelops.registry import register_encoder
 from modelops.tracking import Tracker, write_loss_curve
-from anysat.train import StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint, wrap_ddp
+from anysat.train import (CollapseError, StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint,
+                          wrap_ddp)  # fmt: skip
 from anysat.train.checkpoint import STATE_FILE, missing_files
 from pipeline.config import to_dict
 from pipeline.progress import Progress
@@ -128,10 +130,17 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
            batches_for: Callable[[int, int], Iterable[Mapping[str, Any]]], restore: str | None,
            save: Callable[[Trainer, StepReport, dict[str, Any]], None],
            tracking: tuple[str, str | None]) -> Trainer:  # fmt: skip
-    """The body every rank runs: build, restore, wrap in DDP, fit, report to MLflow (rank 0)."""
+    """The body every rank runs: build, restore, wrap in DDP, fit with the collapse monitor, report to MLflow
+    (rank 0).
+
+    Raises:
+        CollapseError: The monitor's guard stopped the run (`monitor.collapse_action: stop`).
+    """
     trainer = _build_trainer(cfg, rank=rank, device=device)
     resumes: list[dict[str, Any]] = []
+    initial_rank = None
     if restore:
+        initial_rank = read_state(restore)["extra"].get("monitor_initial_rank")
         state = load_checkpoint(trainer, restore, rank=rank)  # rank > 0: its own random streams, not rank 0's
         resumes = list(read_state(restore)["extra"].get("resumes", []))
         resumes.append({"step": state.step, "target_sha256": weights_digest(trainer.jepa.target)})
@@ -143,24 +152,38 @@ def _train(cfg: PretrainConfig, *, rank: int, world: int, device: torch.device,
         keys = [set(src.modalities.values()) if src.modalities else None for src in cfg.data.datasets]
         known = None if None in keys else [k for k in keys if k is not None]
         trainer.forward = wrap_ddp(trainer.jepa, device, batch_keys=known)
+    monitor = build_monitor(cfg, rank=rank, world=world, device=device, initial_rank=initial_rank)
     tracker = Tracker(tracking[0], run_id=tracking[1]) if rank == 0 and tracking[1] else None
     last: dict[str, StepReport] = {}
     progress = Progress("step", cfg.optim.total_steps, done=trainer.state.step, log=log if rank == 0 else None)
 
     def report(r: StepReport) -> None:
         last["r"] = r
-        if tracker is not None and (r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps):
-            tracker.log_metrics(r.metrics(), step=r.step)
-        if r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps:
+        due = r.step % cfg.run.log_every == 0 or r.step == cfg.optim.total_steps or bool(r.monitor)
+        if tracker is not None and due:
+            for step, metrics in tracked_metrics(r.metrics(), r.step).items():
+                tracker.log_metrics(metrics, step=step)
+        if due:
             progress.update(r.step, detail=r.line().removeprefix(f"step {r.step} "))
+        if cfg.monitor.plant_collapse_at_step and r.step == cfg.monitor.plant_collapse_at_step:
+            plant_collapse(trainer.jepa.student)
         if cfg.run.fail_at_step and r.step == cfg.run.fail_at_step and restore is None and rank == world - 1:
             log.warning("fail_at_step=%d (test-only): rank %d exits abruptly", r.step, rank)
             os._exit(1)
 
     def checkpoint(t: Trainer) -> None:
-        save(t, last["r"], {"config": to_dict(cfg), "resumes": resumes})
+        first = monitor.initial_rank if monitor is not None else None
+        save(t, last["r"], {"config": to_dict(cfg), "resumes": resumes, "monitor_initial_rank": first})
 
-    fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every)
+    try:
+        fit(trainer, batches_for, report=report, checkpoint=checkpoint, checkpoint_every=cfg.run.checkpoint_every,
+            monitor=monitor)  # type: ignore[arg-type]  # a SharedVerdict has Monitor's due/measure
+    except CollapseError:  # the measurement that stopped the run never reached a step report: log it here
+        measured = getattr(monitor, "monitor", monitor)
+        if tracker is not None and measured is not None and measured.history:
+            values = dict(measured.history[-1])
+            tracker.log_metrics(values, step=int(values.pop("step")))
+        raise
     if tracker is not None:
         tracker.wait_for_return()  # metrics kept during an MLflow outage: sent, or reported unsent (bounded)
     return trainer
@@ -234,8 +257,13 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
         if checkpoint is not None:
             restore = checkpoint.to_directory(str(Path(tmp) / "restore"))
         with RayEpochs(shards, cfg.data) as feed:  # the next epoch's stream starts before this one ends
-            _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(), batches_for=feed.batches_for,
-                   restore=restore, save=save, tracking=loop_config["tracking"])  # fmt: skip
+            try:
+                _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(),
+                       batches_for=feed.batches_for, restore=restore, save=save,
+                       tracking=loop_config["tracking"])  # fmt: skip
+            except CollapseError as err:  # every rank stops here (SharedVerdict); no restart would cure it
+                if rank == 0:
+                    write_run_file(cfg, COLLAPSE_FILE, json.dumps({"message": str(err)}).encode())
 
 
 def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, str | None]) -> str:
@@ -267,7 +295,13 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
                              logging_config=LoggingConfig(log_level="WARNING")),
         datasets=ray_datasets(cfg.data),
     )  # fmt: skip
+    collapse = f"{path.rstrip('/')}/{cfg.run.name}/{COLLAPSE_FILE}"
+    if fs.get_file_info(collapse).type.name == "File":  # left by an earlier attempt of a resumed run
+        fs.delete_file(collapse)
     result = trainer.fit()
+    if fs.get_file_info(collapse).type.name == "File":
+        with fs.open_input_stream(collapse) as f:
+            raise CollapseError(json.loads(f.read())["message"])
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:

@@ -12,7 +12,7 @@ from pipeline.config import to_dict
 from pipeline.errors import ConfigError
 from pipeline.load.loader import LoaderConfig
 
-__all__ = ["ModelSpec", "PretrainConfig", "RunSettings"]
+__all__ = ["ModelSpec", "MonitorSettings", "PretrainConfig", "RunSettings"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,43 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class MonitorSettings:
+    """The in-loop collapse monitor (rank 0; see docs/TRAINING.md, "Watching for collapse in a run").
+
+    Attributes:
+        eval_every: Steps between measurements of the effective rank (RankMe) and per-dimension std of the
+            student's and the EMA target's fused patch tokens on one fixed batch (also measured before the first
+            step); logged to MLflow and shown in the step line. 0 = off.
+        batch_size: Chips of the fixed batch: the first batch of the datasets in order, unshuffled, at the first
+            of `data.patch_sizes_m`.
+        collapse_fraction: Collapse = the student's effective rank below this fraction of its value at step 0.
+        collapse_action: `warn` (a `REPRESENTATION COLLAPSE` warning, training goes on) or `stop` (the job ends
+            with that message, exit status 3, and the MLflow run is marked FAILED).
+        probe_store: A labelled store (e.g. written with configs/ingest-landcover.yaml) whose held-out spatial
+            blocks score a linear probe of the student's embeddings at every measurement (`probe_balanced_accuracy`,
+            the probe of jobs/evaluate.py); empty = no probe. The model must have the store's modalities.
+        probe_patch_size: Patch size (model metres) of the probe's embeddings; 0 = 4x4 patches per chip.
+        plant_collapse_at_step: Test-only: from this step on the student's encoder outputs one vector for every
+            input (a planted collapse that proves the guard fires); 0 = off.
+    """
+
+    eval_every: int = 50
+    batch_size: int = 16
+    collapse_fraction: float = 0.5
+    collapse_action: Literal["warn", "stop"] = "warn"
+    probe_store: str = ""
+    probe_patch_size: int = 0
+    plant_collapse_at_step: int = 0
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 0 or self.batch_size < 1 or self.probe_patch_size < 0 or self.plant_collapse_at_step < 0:
+            raise ConfigError("monitor: eval_every, probe_patch_size and plant_collapse_at_step must be >= 0, "
+                              "batch_size >= 1")  # fmt: skip
+        if not 0 < self.collapse_fraction < 1:
+            raise ConfigError(f"monitor.collapse_fraction must be in (0, 1), got {self.collapse_fraction}")
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """A pretraining job. Validated on construction: the data's model keys must be modalities of the model.
 
@@ -89,6 +126,7 @@ class PretrainConfig:
         jepa: The JEPA recipe (masks, predictor, MIL-NCE).
         optim: The optimisation (AdamW, schedule, EMA).
         run: Where and how the run happens.
+        monitor: The in-loop collapse monitor and its guard (on by default: every run reports its rank).
     """
 
     data: LoaderConfig
@@ -96,6 +134,7 @@ class PretrainConfig:
     jepa: JepaConfig = field(default_factory=JepaConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunSettings = field(default_factory=RunSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def __post_init__(self) -> None:
         known = {m.key for m in self.model.anysat().modalities}

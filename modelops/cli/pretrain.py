@@ -7,8 +7,12 @@ Every result lives under `run.storage/run.name/` (local or s3://, endpoint from 
 checkpoint, and a failed worker restarts from it by itself (`run.max_failures`). MLflow (MLFLOW_TRACKING_URI)
 gets the config, the datasets' manifest and statistics, metrics and the loss curve, and the encoder is
 registered as `run.registered_model@candidate`; without a tracking URI tracking is off (no local mlflow.db),
-and an unreachable server is reported in seconds while training goes on. Prints `step k/N … ETA` lines.
-Exits 2 on an invalid config, dataset or storage, 1 when training fails.
+and an unreachable server is reported in seconds while training goes on. Prints `step k/N … ETA` lines; every
+`monitor.eval_every` steps they (and MLflow) also get the collapse monitor's effective ranks and stds (and the
+probe on `monitor.probe_store`), and a rank below `monitor.collapse_fraction` of its step-0 value is a loud
+`REPRESENTATION COLLAPSE` warning, or with `monitor.collapse_action: stop` the end of the run.
+Exits 2 on an invalid config, dataset, probe store or storage, 1 when training fails, 3 when the collapse guard
+stops the run (the MLflow run is then FAILED, with tag `stopped_by: collapse_guard`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import os
 import sys
 
+from anysat.train import CollapseError
 from modelops.cli.common import (EXIT_CONFIG, EXIT_FAILED, add_config_args, config_epilog, connect_ray, fail,
                                  is_status, load_or_exit, quiet, quiet_ray_data)  # fmt: skip
 from modelops.cli.preflight import check_store
@@ -28,6 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.logs import install_redaction
 
 log = logging.getLogger("pretrain")
+EXIT_COLLAPSE = 3  # the collapse guard stopped the run (monitor.collapse_action: stop)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return cfg  # type: ignore[return-value]
     assert isinstance(cfg, PretrainConfig)
     from modelops import pretrain as wiring
+    from modelops.monitoring import check_probe_store
     from modelops.tracking import Tracker, flatten
 
     try:
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise PipelineError(problems[0])
         dataset_params, stats = wiring.dataset_facts(cfg.data)
+        check_probe_store(cfg)
         latest = wiring.existing_checkpoint(cfg)
         if latest and not args.resume:
             raise PipelineError(f"run {cfg.run.name!r} already has checkpoints ({latest}); pass --resume or change "
@@ -77,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     run = wiring.run_plain if args.no_ray else wiring.run_ray
     try:
         final = run(cfg, restore=latest, tracking=(tracker.uri, tracker.run_id))
+    except CollapseError as err:  # before RuntimeError, which it is
+        tracker.set_tags({"stopped_by": "collapse_guard"})
+        tracker.end("FAILED")
+        return fail("training stopped by the collapse guard", err, EXIT_COLLAPSE)
     except (RuntimeError, PipelineError) as err:
         tracker.end("FAILED")
         return fail("training failed", err, EXIT_FAILED)

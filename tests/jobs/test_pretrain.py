@@ -191,3 +191,67 @@ def test_an_invalid_config_exits_2_before_training(demo_store: Path, tmp_path: P
     out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "data.datasets.0.modalities.s1=s1-des",
                                              "model.modalities=[s2]"), NO_MLFLOW, ok=False)  # fmt: skip
     assert out.returncode == 2 and "not among model.modalities" in out.stderr
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", f"monitor.probe_store={demo_store}"),
+               NO_MLFLOW, ok=False)  # the demo store has no labels to probe  # fmt: skip
+    assert out.returncode == 2 and "monitor.probe_store" in out.stderr and "has no labels" in out.stderr
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "bad", "monitor.collapse_action=halt"), NO_MLFLOW,
+               ok=False)  # fmt: skip
+    assert out.returncode == 2 and "PretrainConfig.monitor.collapse_action: expected one of" in out.stderr
+
+
+def _run_named(client: Any, experiment: str, name: str) -> Any:
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              filter_string=f"attributes.run_name = '{name}'")  # fmt: skip
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def test_the_monitor_logs_ranks_stds_and_the_probe_and_stays_silent_on_a_healthy_run(
+        demo_store: Path, landcover_store: Path, tmp_path: Path, stack_env: dict[str, str]) -> None:  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    experiment = f"monitor-{os.getpid()}"
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "watched", "optim.total_steps=4",
+                                             "optim.warmup_steps=1", "run.registered_model=''",
+                                             f"run.experiment={experiment}", "run.log_every=3",
+                                             "monitor.eval_every=2", "monitor.collapse_action=stop",
+                                             f"monitor.probe_store={landcover_store}"), stack_env)  # fmt: skip
+    assert "COLLAPSE" not in out.stderr  # the guard is silent on a healthy encoder, even with `stop`
+    client = MlflowClient(tracking_uri=stack_env["MLFLOW_TRACKING_URI"])
+    run_id = _summary(out)["run_id"]
+    history = {m: {h.step: h.value for h in client.get_metric_history(run_id, m)}
+               for m in ("rank_student", "rank_target", "std_student", "std_target", "rank_ratio",
+                         "probe_balanced_accuracy")}  # fmt: skip
+    for metric, values in history.items():  # measured before the first step and every 2 steps
+        assert sorted(values) == [0, 2, 4], metric
+    assert history["rank_student"][0] > 2 and history["rank_target"][0] == pytest.approx(history["rank_student"][0])
+    assert history["rank_ratio"][0] == 1.0 and all(v >= 0.5 for v in history["rank_ratio"].values())
+    assert all(0 < v <= 1 for v in history["probe_balanced_accuracy"].values())
+    assert all(v > 0 for v in history["std_student"].values())
+    lines = [line for line in out.stderr.splitlines() if "step 2/4" in line]  # step 2: off log_every, on eval_every
+    assert lines and "rank_student" in lines[0] and "probe_balanced_accuracy" in lines[0]
+
+
+@pytest.mark.timeout(1800)  # two jobs
+def test_the_collapse_guard_stops_a_collapsed_run_and_marks_it_failed(demo_store: Path, tmp_path: Path,
+                                                                      stack_env: dict[str, str]) -> None:  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    experiment = f"collapse-{os.getpid()}"
+    common = ["optim.total_steps=4", "optim.warmup_steps=1", "run.registered_model=''", f"run.experiment={experiment}",
+              "monitor.eval_every=2", "monitor.batch_size=4", "monitor.plant_collapse_at_step=2"]  # collapse after 2
+    out = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "collapsed", *common, "monitor.collapse_action=stop"),
+               stack_env, ok=False)  # fmt: skip
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "REPRESENTATION COLLAPSE at step 4" in out.stderr
+    assert "training stopped by the collapse guard: REPRESENTATION COLLAPSE" in out.stderr
+    assert "Traceback" not in out.stderr
+    client = MlflowClient(tracking_uri=stack_env["MLFLOW_TRACKING_URI"])
+    run = _run_named(client, experiment, "collapsed")
+    assert run.info.status == "FAILED" and run.data.tags["stopped_by"] == "collapse_guard"
+    ranks = {h.step: h.value for h in client.get_metric_history(run.info.run_id, "rank_student")}
+    assert sorted(ranks) == [0, 2, 4] and ranks[4] < 1.5 < ranks[0]  # stopped at the first measurement after it
+    # `warn` (the default action) says the same loudly and trains to the end
+    warned = _job("pretrain.py", _pretrain_args(demo_store, tmp_path, "warned", *common), stack_env)
+    assert "REPRESENTATION COLLAPSE at step 4" in warned.stderr and _summary(warned)["steps"] == 4
+    assert client.get_run(_summary(warned)["run_id"]).info.status == "FINISHED"
