@@ -9,17 +9,15 @@ Only rank 0 logs to MLflow and writes checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,10 +27,10 @@ from anysat import AnySat
 from anysat.jepa import Jepa
 from modelops.monitoring import COLLAPSE_FILE, build_monitor, plant_collapse, tracked_metrics
 from modelops.registry import register_encoder
+from modelops.run_storage import CKPT_PREFIX, checkpoints, storage_fs, write_run_file
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import (CollapseError, StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint,
                           wrap_ddp)  # fmt: skip
-from anysat.train.checkpoint import STATE_FILE, missing_files
 from pipeline.config import to_dict
 from pipeline.progress import Progress
 from pipeline.load.loader import LoaderConfig, iter_batches, read_stats
@@ -43,7 +41,6 @@ if TYPE_CHECKING:
     from modelops.pretrain_config import PretrainConfig
 
 log = logging.getLogger("pretrain")
-CKPT_PREFIX = "checkpoint_"
 
 
 def dataset_facts(data: LoaderConfig) -> tuple[dict[str, str], dict[str, Any]]:
@@ -61,63 +58,6 @@ def dataset_facts(data: LoaderConfig) -> tuple[dict[str, str], dict[str, Any]]:
                    f"dataset.{src.name}.shards": str(len(index)),
                    f"dataset.{src.name}.chips": str(int(index["n_chips"].sum()) if len(index) else 0)}  # fmt: skip
     return params, stats
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    found = [p for p in run_dir.glob(f"{CKPT_PREFIX}*") if re.fullmatch(rf"{CKPT_PREFIX}\d+", p.name)]
-    return sorted(found, key=lambda p: read_state(p)["state"]["step"])
-
-
-def existing_checkpoint(cfg: PretrainConfig) -> str | None:
-    """The run's latest complete checkpoint on its storage (local or s3://), or None.
-
-    A checkpoint directory whose files do not match the sizes its `state.json` lists (an upload cut short by
-    a killed worker or driver) is skipped with a warning, so `--resume` never starts from half a checkpoint.
-    """
-    from pyarrow import fs as pafs
-
-    fs, path = storage_fs(cfg.run.storage)
-    run_dir = f"{path.rstrip('/')}/{cfg.run.name}"
-    infos = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    names = sorted(i.base_name for i in infos if re.fullmatch(rf"{CKPT_PREFIX}\d+", i.base_name))
-    for name in reversed(names):
-        lacking = _lacking(fs, f"{run_dir}/{name}")
-        if not lacking:
-            return f"{run_dir}/{name}"
-        log.warning("checkpoint %s/%s is incomplete (%s missing or cut short); resuming from an earlier one",
-                    run_dir, name, ", ".join(lacking[:4]))  # fmt: skip
-    return None
-
-
-def _lacking(fs: Any, checkpoint: str) -> list[str]:
-    """The files a checkpoint copy on `fs` lacks against its `state.json` (`anysat.train.missing_files`)."""
-    from pyarrow import fs as pafs
-
-    found = fs.get_file_info(pafs.FileSelector(checkpoint, recursive=True))
-    sizes = {i.path[len(checkpoint) + 1 :]: i.size for i in found if i.type == pafs.FileType.File}
-    if STATE_FILE not in sizes:
-        return [STATE_FILE]
-    with fs.open_input_stream(f"{checkpoint}/{STATE_FILE}") as src:
-        return missing_files(src.read(), sizes)
-
-
-def storage_fs(storage: str) -> tuple[Any, str]:
-    """A pyarrow filesystem and path for the run storage: a local path, or s3:// with AWS_ENDPOINT_URL if set.
-
-    S3 requests retry transient failures `PYARROW_S3_ATTEMPTS` times (~25 s of backoff), so a checkpoint upload
-    or download bridges a short outage of the object store.
-    """
-    from pyarrow import fs as pafs
-
-    from pipeline.s3_retry import PYARROW_S3_ATTEMPTS
-
-    if not storage.startswith("s3://"):
-        return pafs.LocalFileSystem(), str(Path(storage).resolve())
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
-    scheme, _, host = endpoint.partition("://")
-    kwargs = {"endpoint_override": host, "scheme": scheme} if endpoint else {}
-    retries = pafs.AwsDefaultS3RetryStrategy(max_attempts=PYARROW_S3_ATTEMPTS)
-    return pafs.S3FileSystem(retry_strategy=retries, **kwargs), storage.removeprefix("s3://")
 
 
 def _build_trainer(cfg: PretrainConfig, *, rank: int, device: torch.device) -> Trainer:
@@ -209,7 +149,7 @@ def run_plain(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, 
 
     def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
         save_checkpoint(t, run_dir / f"{CKPT_PREFIX}{t.state.step:06d}", extra=extra)
-        for old in _checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
+        for old in checkpoints(run_dir)[: -cfg.run.keep_checkpoints]:
             shutil.rmtree(old)
 
     def batches_for(epoch: int, skip: int) -> Iterable[Mapping[str, Any]]:
@@ -217,7 +157,7 @@ def run_plain(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, 
 
     _train(cfg, rank=0, world=1, device=device, batches_for=batches_for, restore=restore, save=save,
            tracking=tracking)  # fmt: skip
-    return _checkpoints(run_dir)[-1]
+    return checkpoints(run_dir)[-1]
 
 
 # -- Ray Train path ----------------------------------------------------------------------------------------------
@@ -307,33 +247,6 @@ def run_ray(cfg: PretrainConfig, *, restore: str | None, tracking: tuple[str, st
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     return str(result.checkpoint.path)  # on the run storage: a local path, or bucket/key on s3
-
-
-@contextlib.contextmanager
-def local_checkpoint(cfg: PretrainConfig, final: str | Path) -> Iterator[Path]:
-    """The final checkpoint as a local directory: itself on local storage, a temporary download from s3."""
-    if not cfg.run.storage.startswith("s3://"):
-        yield Path(final)
-        return
-    from pyarrow import fs as pafs
-
-    fs, _ = storage_fs(cfg.run.storage)
-    with tempfile.TemporaryDirectory(prefix="anysat-final-") as tmp:
-        pafs.copy_files(str(final), tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        yield Path(tmp)
-
-
-def write_run_file(cfg: PretrainConfig, name: str, data: bytes) -> str:
-    """Write one result under `run.storage/run.name/` atomically (local: temporary file + rename; s3: one PUT)."""
-    fs, root = storage_fs(cfg.run.storage)
-    target = f"{root.rstrip('/')}/{cfg.run.name}/{name}"
-    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    staging = f"{target}.tmp-{os.getpid()}" if not cfg.run.storage.startswith("s3://") else target
-    with fs.open_output_stream(staging) as out:
-        out.write(data)
-    if staging != target:
-        fs.move(staging, target)
-    return target if not cfg.run.storage.startswith("s3://") else f"s3://{target}"
 
 
 def log_dataset_stats(cfg: PretrainConfig, stats: Mapping[str, Any], tracker: Tracker) -> None:

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return cfg  # type: ignore[return-value]
     assert isinstance(cfg, PretrainConfig)
     from modelops import pretrain as wiring
+    from modelops import run_storage
     from modelops.monitoring import check_probe_store
     from modelops.tracking import Tracker, flatten
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(problems[0])
         dataset_params, stats = wiring.dataset_facts(cfg.data)
         check_probe_store(cfg)
-        latest = wiring.existing_checkpoint(cfg)
+        latest = run_storage.existing_checkpoint(cfg)
         if latest and not args.resume:
             raise PipelineError(f"run {cfg.run.name!r} already has checkpoints ({latest}); pass --resume or change "
                                 "run.name")  # fmt: skip
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         tracker.end("KILLED")
         return fail("training stopped", "interrupted; continue with --resume", 130)
     checkpoint = f"s3://{final}" if cfg.run.storage.startswith("s3://") else str(final)
-    with wiring.local_checkpoint(cfg, final) as local:
+    with run_storage.local_checkpoint(cfg, final) as local:
         summary = wiring.finish(cfg, local, tracker, checkpoint=checkpoint)
     tracker.end("FINISHED")
     if uri and not tracker.active:

@@ -13,7 +13,7 @@ import torch
 from anysat import AnySat, AnySatConfig
 from anysat.jepa import Jepa, JepaConfig
 from anysat.train import OptimConfig, Trainer, save_checkpoint
-from modelops.pretrain import existing_checkpoint
+from modelops.run_storage import existing_checkpoint
 from modelops.pretrain_config import PretrainConfig
 from pipeline.config import load_config
 
