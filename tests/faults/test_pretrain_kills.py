@@ -128,6 +128,7 @@ def ray_tmp() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.xfail(strict=False, reason="Issue 12 open: races a fast run. In a clean-clone suite on a quiet machine the 8-step run finished (resumes: []) after the SIGKILL of the rank-1 pid it logged, so the kill did not take effect before the end; it passed once on a loaded machine (382 s). Needs a run that waits for the test between steps, not a race with wall time.")
 def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path,
                                                                        ray_tmp: str) -> None:  # fmt: skip
     storage, name = tmp_path / "runs", "kills"
