@@ -173,3 +173,26 @@ def landcover_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         server.kill()
         server.wait()
     return root / "store"
+
+
+@pytest.fixture
+def gloo_ranks() -> Callable[[str, Path], list[str]]:
+    """Run `script` as `world` local processes of one gloo process group: `python script RANK WORLD PORT OUT`.
+
+    Returns each rank's output; fails the test, with their output, unless every rank exits 0.
+    """
+    root = Path(__file__).resolve().parents[1]
+
+    def launch(script: str, out: Path, world: int = 2) -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+        procs = [subprocess.Popen([sys.executable, script, str(r), str(world), str(port), str(out)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for r in range(world)]  # fmt: skip
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * world, "\n".join(o[-3000:] for o in outs)
+        return outs
+
+    return launch

@@ -7,9 +7,6 @@ S2 + S1 pairs, so these tests need neither the store nor Ray.
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,17 +174,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: Path) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ddp_workers_on_gloo_hold_identical_parameters_after_steps(tmp_path: Path) -> None:
+def test_two_ddp_workers_on_gloo_hold_identical_parameters_after_steps(tmp_path: Path, gloo_ranks) -> None:
     from safetensors.torch import load_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    gloo_ranks(__file__, tmp_path)
     a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
     assert a.keys() == b.keys()
     for name in a:

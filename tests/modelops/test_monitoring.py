@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,15 +51,8 @@ def _rank(rank: int, world: int, port: int, out: Path) -> None:
     dist.destroy_process_group()
 
 
-def test_rank_0s_collapse_verdict_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, __file__, str(r), "2", str(port), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]  # fmt: skip
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+def test_rank_0s_collapse_verdict_stops_every_rank_at_the_same_step(tmp_path: Path, gloo_ranks) -> None:
+    gloo_ranks(__file__, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["step"] for r in ranks] == [2, 2]  # both stopped at the first measurement after the collapse
     assert "REPRESENTATION COLLAPSE at step 2" in ranks[0]["error"]
