@@ -34,28 +34,37 @@ DEMO_RUN ?= pretrain-demo-$(shell date +%Y%m%d-%H%M%S)
 DEMO_RUN := $(DEMO_RUN)
 # extra options of the demo's evaluation (e.g. --cs 0.1 1 for a shorter probe)
 DEMO_EVAL_ARGS ?=
+# the local stack's variables (STAC, S3, MLflow and Ray addresses) for one command
+STACK := set -a && . .stack/env && set +a &&
+
 demo: venv
-	$(VPY) -m infra.local up
-	set -a && . .stack/env && set +a && $(VPY) jobs/demo.py
-	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
+	@echo "== 1/9 the local stack (STAC API, S3, MLflow, Ray) on 127.0.0.1"
+	@$(VPY) -m infra.local up
+	@echo "== 2/9 search the local STAC API and read one chip"
+	@$(STACK) $(VPY) jobs/demo.py
+	@echo "== 3/9 ingest the S2 + S1 demo store (a Ray job): out/demo-dataset"
+	@$(STACK) $(VPY) jobs/submit.py -- \
 		python jobs/ingest.py --config configs/ingest-demo.yaml --set store=$(CURDIR)/out/demo-dataset
 	@echo "The store, every shard as one lazy xarray DataTree: $(VPY) -c \"import pipeline; print(pipeline.open_store('$(CURDIR)/out/demo-dataset'))\""
-	$(VENV)/bin/anysat-stac inspect $(CURDIR)/out/demo-dataset
-	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
+	@$(VENV)/bin/anysat-stac inspect $(CURDIR)/out/demo-dataset
+	@echo "== 4/9 ingest the labelled Landsat 7 land-cover store (a Ray job): out/landcover-dataset"
+	@$(STACK) $(VPY) jobs/submit.py -- \
 		python jobs/ingest.py --config configs/ingest-landcover.yaml --set store=$(CURDIR)/out/landcover-dataset
-	set -a && . .stack/env && set +a && $(VPY) jobs/submit.py -- \
+	@echo "== 5/9 pretrain (Ray Train, JEPA) on the demo store; registered as anysat-demo@candidate"
+	@$(STACK) $(VPY) jobs/submit.py -- \
 		python jobs/pretrain.py --config configs/pretrain-demo.yaml --set data.datasets.0.url=$(CURDIR)/out/demo-dataset \
 		--set run.storage=$(CURDIR)/out/runs --set run.name=$(DEMO_RUN)
-	@echo "Evaluating the candidate on the labelled land-cover store (probes: raw pixels, random init, pretrained)"
-	set -a && . .stack/env && set +a && $(VPY) jobs/evaluate.py --model models:/anysat-demo@candidate \
+	@echo "== 6/9 evaluate the candidate on the land-cover store (probes: raw pixels, random init, pretrained)"
+	@$(STACK) $(VPY) jobs/evaluate.py --model models:/anysat-demo@candidate \
 		--store $(CURDIR)/out/landcover-dataset $(DEMO_EVAL_ARGS)
-	@# promote only if the candidate scores at least the champion (exit 3 = refused by the gate: the demo goes on)
-	set -a && . .stack/env && set +a && $(VPY) jobs/promote.py --name anysat-demo || test $$? -eq 3
-	set -a && . .stack/env && set +a && $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
+	@echo "== 7/9 promote to @champion only if the candidate scores at least the champion (exit 3: refused, the demo goes on)"
+	@$(STACK) $(VPY) jobs/promote.py --name anysat-demo || test $$? -eq 3
+	@echo "== 8/9 embeddings of every land-cover chip: out/landcover-embeddings.parquet (geopandas.read_parquet)"
+	@$(STACK) $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
 		--store $(CURDIR)/out/landcover-dataset --out $(CURDIR)/out/landcover-embeddings.parquet
-	set -a && . .stack/env && set +a && $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
+	@echo "== 9/9 dense embeddings of the demo store: out/demo-embeddings.zarr"
+	@$(STACK) $(VPY) jobs/embed.py --model models:/anysat-demo@candidate \
 		--store $(CURDIR)/out/demo-dataset --out $(CURDIR)/out/demo-embeddings.zarr --patch-size 40
-	@echo "Embeddings: $(CURDIR)/out/landcover-embeddings.parquet (geopandas.read_parquet), $(CURDIR)/out/demo-embeddings.zarr"
 	@echo "Checkpoints: $(CURDIR)/out/runs/$(DEMO_RUN); runs and the registered model anysat-demo: the MLflow UI in .stack/env"
 	@echo "The stack keeps running for you to explore; stop it with: make stack-down"
 

@@ -25,16 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _summary(output: str) -> dict[str, object]:
-    """The last JSON object the ingestion printed (its summary), or the tail of its output."""
-    lines = output.splitlines()
-    for end in range(len(lines) - 1, -1, -1):
-        if lines[end].strip() == "}":
-            for start in range(end, -1, -1):
-                if lines[start].strip() == "{":
-                    try:
-                        return dict(json.loads("\n".join(lines[start : end + 1])))
-                    except json.JSONDecodeError:
-                        break
+    """The last JSON object line the ingestion printed (its summary), or the tail of its output."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("{") and line.rstrip().endswith("}"):
+            try:
+                return dict(json.loads(line))
+            except json.JSONDecodeError:
+                continue
     return {"status": "no_summary", "tail": output[-500:]}
 
 

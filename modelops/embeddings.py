@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from anysat.model import AnySat
 from pipeline.errors import StoreError
 from pipeline.load.loader import DatasetSource, LoaderConfig, iter_batches, resolve_dataset
 from pipeline.load.batches import read_stats_json
+from pipeline.progress import Progress
 
 __all__ = ["ModelRef", "StoreEmbeddings", "auto_patch_size", "embed_store", "load_encoder", "random_twin", "store_mapping"]
 
@@ -151,23 +151,6 @@ class StoreEmbeddings:
     mapping: dict[str, str] = field(default_factory=dict)
 
 
-class _Progress:
-    """`embed step k/N (p %) … elapsed, ETA` lines, every tenth of the run rounded up (and the last step): at
-    most ten lines, also in a log where a redrawn bar would print each redraw."""
-
-    def __init__(self, total: int, out: TextIO, what: str) -> None:
-        self.total, self.out, self.what, self.start = max(1, total), out, what, time.perf_counter()
-        self.every = -(-self.total // 10)
-
-    def step(self, k: int) -> None:
-        if k % self.every and k != self.total:
-            return
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / k * (self.total - k)
-        print(f"{self.what} step {k}/{self.total} ({100 * k / self.total:.0f} %), {elapsed:.1f} s elapsed, "
-              f"ETA {eta:.1f} s", file=self.out, flush=True)  # fmt: skip
-
-
 def _raw_features(x: Mapping[str, torch.Tensor], keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and std over valid pixel-dates of each chip, and the valid share of its first date."""
     feats, share = [], None
@@ -219,7 +202,7 @@ def embed_store(url: str, models: Mapping[str, AnySat], *, patch_size: int, batc
                           shuffle_buffer=0, drop_last=False)  # fmt: skip
     resolved = resolve_dataset(source, config, storage_options=storage_options)
     total = math.ceil(sum(resolved.shard_sizes) / batch_size)
-    bar = _Progress(total, progress, "embed") if progress is not None else None
+    bar = None if progress is None else Progress("embed step", total, out=progress, every=0.1, min_interval_s=5.0)
     ids: list[str] = []
     tiles: dict[str, list[np.ndarray]] = {n: [] for n in models}
     raw, share, kept = [], [], {}
@@ -238,7 +221,7 @@ def embed_store(url: str, models: Mapping[str, AnySat], *, patch_size: int, batc
         if on_batch is not None:
             on_batch(batch)
         if bar is not None:
-            bar.step(k)
+            bar.update(k)
     if not ids:
         raise StoreError(f"{url} has no current chip to embed")
     return StoreEmbeddings(ids, {n: np.concatenate(v) for n, v in tiles.items()}, np.concatenate(raw),

@@ -170,6 +170,11 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     from pipeline.load.ray_loader import RayEpochs
 
     install_redaction()  # Ray Train workers log too
+    from ray.train.v2._internal.execution import context as train_context
+
+    # Ray Train logs every `report` (metrics dict and checkpoint path) at INFO under a logger named by its source
+    # file, which the `ray.train` level set by the command line does not reach: the step lines say it already
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     cfg: PretrainConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -40,6 +40,7 @@ S3_CREDENTIALS: Mapping[str, str] = {
 
 # Keep Ray on the loopback interface: without this Ray binds and connects on the machine's own IP.
 RAY_LOOPBACK_ENV: Mapping[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+NO_PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by Ray Train in the driver, passed on
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,11 @@ def ray_spec(*, state_dir: Path, num_cpus: int, exclude: Sequence[int] = (),
     # cluster: without it they look for `gcs_server` processes and fail with "Found multiple active Ray
     # instances" when another Ray runs on the machine (a second stack, a test suite).
     own = {"RAY_ADDRESS": f"{HOST}:{ports['gcs']}", "RAY_API_SERVER_ADDRESS": dashboard}
+    # One machine is never preempted: Ray Train's preemption watcher (observability for spot nodes) only adds an
+    # error-level line about its restart arguments to every training job's output; shared clusters keep it.
     env = dict(cluster_env or {}) | dict(RAY_LOOPBACK_ENV) | own | {"RAY_USAGE_STATS_ENABLED": "0",
-                                                                    "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+                                                                    "RAY_AUTH_MODE": "disabled",
+                                                                    NO_PREEMPTION_WATCHER: "0"}  # fmt: skip
     urls = {"RAY_ADDRESS": dashboard, "RAY_GCS_ADDRESS": f"{HOST}:{ports['gcs']}"}
     return ServiceSpec("ray", argv, env, f"{dashboard}/api/version", ports, 120.0, urls)
 

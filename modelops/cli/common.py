@@ -106,6 +106,8 @@ def connect_ray() -> None:
     if address.startswith("http"):  # a dashboard URL (for `ray job submit`) is not a cluster address
         address = os.environ.get("RAY_GCS_ADDRESS", "")
         os.environ["RAY_ADDRESS"] = address
+    if not address:  # a Ray of this job alone, on this machine, is never preempted (see infra/local/services.py)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address=address or "local", runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING,
              log_to_driver=True)  # fmt: skip
 

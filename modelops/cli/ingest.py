@@ -4,7 +4,7 @@ Also `python jobs/ingest.py …` and `ray job submit --working-dir . -- python j
 Ray cluster. The STAC API of sensors without their own `stac_url` comes from `--stac-url` or `STAC_API_URL`; an
 `s3://` store uses the usual AWS variables and `FSSPEC_S3_ENDPOINT_URL` for its endpoint. Before any search it
 checks that each STAC URL is a STAC API with the configured collections and that the store takes a write.
-Prints `shard k/N … ETA` lines and the summary as JSON. Exits 2 on an invalid config or endpoint, 1 when
+Prints `shard k/N … ETA` lines and the summary as one JSON line (the last line of stdout). Exits 2 on an invalid config or endpoint, 1 when
 nothing usable was produced.
 
 `--incremental` ingests only what is new or updated since the last run (state under `<store>/state/`, see
@@ -96,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                                  pc_sas_url=sas)  # fmt: skip
     except LeaseHeld as held:
         print(f"lease held: {held}", file=sys.stderr)
-        print(json.dumps({"status": "lease_held", "holder": held.info.owner, "until": held.info.expires_at}, indent=2))
+        print(json.dumps({"status": "lease_held", "holder": held.info.owner, "until": held.info.expires_at}))
         return 0
     except PipelineError as err:
         return fail("ingestion failed", err, EXIT_FAILED)
     except KeyboardInterrupt as stop:
         return fail("ingestion stopped", stop or "interrupted", 130)
-    print(json.dumps(asdict(summary), indent=2))
+    print(json.dumps(asdict(summary)))
     return 0
 
 

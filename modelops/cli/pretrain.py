@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         gap = summary["tracking_gap"]
         print(f"MLflow lacks the metrics of {len(gap)} step(s) ({gap[0]}-{gap[-1]}) logged during an outage",
               file=sys.stderr)  # fmt: skip
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
     return 0
 
 

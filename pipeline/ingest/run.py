@@ -209,7 +209,7 @@ def write_shards(config: IngestConfig, layout: StoreLayout, manifest_url: str, p
     rows = [{"shard_id": sid, "plans": _plans_json([plans[c] for c in ids])} for sid, ids in shards]
     if not rows:
         return []
-    progress = Progress("shard", len(rows), log=log)
+    progress = Progress("shard", len(rows), log=log, every=0.1, min_interval_s=5.0)
     results: list[dict[str, Any]] = []
 
     def done(result: dict[str, Any]) -> None:

@@ -66,7 +66,7 @@ def test_mlflow_stopped_mid_training_gets_the_outage_metrics_when_back(local_sta
     assert job.returncode == 0, stdout[-2000:] + stderr[-4000:]
     assert stopped_while_training
     assert "MLflow unreachable" in stderr and "MLflow is back" in stderr, stderr[-4000:]
-    summary = json.loads(stdout[stdout.index("{\n") :])
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["tracking"] == "on" and summary["tracking_gap"] == [], summary
     assert summary["version"] == 1 and summary["registration_error"] is None, summary
     history = client.get_metric_history(summary["run_id"], "loss")

@@ -63,8 +63,8 @@ def test_an_s3_restart_mid_ingestion_loses_and_duplicates_nothing(local_stack, s
 
 
 def _summary(stdout: str) -> dict:
-    start = stdout.rindex('{\n  "run_id"')
-    return json.loads(stdout[start : stdout.index("\n}", start) + 2])
+    """The pretraining summary: the job's one JSON line (`ray job submit` shows the job's output among its own)."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_id"')))
 
 
 def test_an_s3_restart_mid_training_on_ray_loses_and_repeats_no_step(local_stack, stack_env, committed,

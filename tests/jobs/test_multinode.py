@@ -273,8 +273,8 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
 
 
 def _summary(stdout: str) -> dict[str, object]:
-    start = stdout.rindex('{\n  "run_id"')
-    return json.loads(stdout[start : stdout.index("\n}", start) + 2])
+    """The pretraining summary: the job's one JSON line (`ray job submit` shows the job's output among its own)."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_id"')))
 
 
 def _sets(**kv: object) -> list[str]:

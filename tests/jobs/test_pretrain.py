@@ -52,7 +52,7 @@ def _job(script: str, args: list[str], env: dict[str, str], *, ok: bool = True) 
 
 
 def _summary(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    return json.loads(out.stdout[out.stdout.index("{\n") :])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # the summary: the last line, one JSON object
 
 
 def _pretrain_args(store: Path, runs: Path, name: str, *extra: str) -> list[str]:

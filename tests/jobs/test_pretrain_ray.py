@@ -41,8 +41,8 @@ def _s3(stack_env: dict[str, str]) -> s3fs.S3FileSystem:
 
 
 def _summary(stdout: str) -> dict[str, object]:
-    start = stdout.rindex('{\n  "run_id"')
-    return json.loads(stdout[start : stdout.index("\n}", start) + 2])
+    """The pretraining summary: the job's one JSON line (`ray job submit` shows the job's output among its own)."""
+    return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_id"')))
 
 
 def _sets(**kv: object) -> list[str]:

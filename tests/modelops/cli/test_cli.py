@@ -70,3 +70,23 @@ def test_progress_lines_count_and_estimate(caplog: pytest.LogCaptureFixture) -> 
     assert line == "step 6/10 (60%) loss 0.5 elapsed 0:06 ETA 0:12" and caplog.messages == [line]
     now[0] += 3600
     assert progress.update().endswith("elapsed 1:00:06 ETA 1:00:06") and progress.done == 7  # 3 in 3606 s, 3 left
+
+
+def test_progress_logs_every_tenth_and_not_more_often_than_asked(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    tenths = Progress("shard", 25, log=logging.getLogger("t"), every=0.1, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO):
+        for _ in range(25):
+            now[0] += 10.0
+            tenths.update()
+    # a stride of 3 shards (a tenth of 25, rounded up) and the last one; each update still returns its line
+    assert [int(m.split()[1].split("/")[0]) for m in caplog.messages] == [3, 6, 9, 12, 15, 18, 21, 24, 25]
+    caplog.clear()
+    now[0] = 0.0
+    spaced = Progress("embed step", 20, log=logging.getLogger("t"), every=0.1, min_interval_s=5.0,
+                      clock=lambda: now[0])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        for _ in range(20):  # 1 s a step: a tenth is due every 2 steps, a line at most every 5 s
+            now[0] += 1.0
+            spaced.update()
+    assert [m.split()[2] for m in caplog.messages] == ["5/20", "10/20", "15/20", "20/20"]

@@ -164,7 +164,7 @@ def open_interval_store(stack_env: dict[str, str], tmp_path_factory: pytest.Temp
     out = _cli("ingest", "--config", "configs/ingest-demo.yaml", "--stac-url", stack_env["STAC_API_URL"], "--no-ray",
                "--set", "datetime=2017-06-01T00:00:00Z/..", "--set", f"store={store}", "--set", "quicklooks=0")  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
-    summary = json.loads(out.stdout[out.stdout.index("{") :])
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["chips_written"] >= 1 and "dates_out_of_range" not in summary["rejects"]
     assert re.search(r"shard \d+/\d+ \(100%\) written \(\d+ chips\) elapsed \S+ ETA 0:00", out.stderr), out.stderr
     return store
