@@ -9,13 +9,14 @@ on what the run writes there, not on its forwarded log lines (they arrive late, 
    logged at start) is SIGKILLed: Ray Train restarts the worker group from its latest registered checkpoint, step k;
 2. once a complete checkpoint of the restarted ranks (one that records that resume) is on the storage, the driver
    is SIGKILLed; the job's workers end with it (Ray ends the actors of a dead driver);
-3. `jobs/pretrain.py --resume` continues from the latest complete checkpoint on the storage, even where Ray had
-   not registered it yet (`modelops.run_storage.newer_checkpoint`).
+3. `jobs/pretrain.py --resume` continues from the latest complete checkpoint on the storage, even though Ray had
+   not registered it (`modelops.run_storage.newer_checkpoint`): the test removes it from Ray's snapshot, as a
+   driver killed a moment earlier (between the upload and the registration) leaves it.
 
 Both resumes must start at their checkpoint's step with its EMA target (its SHA-256), rank 0 must continue its
 saved mask stream exactly and rank 1 must draw its own (the ranks' generator states differ); the finished run has
-every step exactly once. The kills land by about step 6-12; the 32 steps are margin, so that a fast machine cannot
-finish the run before the test reacts. Costs two Ray Train runs and one worker-group restart (each wait bounded).
+every step exactly once. The kills landed at steps 2 and 6 here; the 32 steps are margin, so that a fast machine
+cannot finish the run before the test reacts. Costs two Ray Train runs and one worker-group restart (each wait bounded).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from pipeline.ingest.run import run_ingest
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 32  # many more than the kills need (they land by about step 6-12): the run must outlast the test's reactions
+STEPS = 32  # many more than the kills need (they landed at steps 2 and 6): the run must outlast the test's reactions
 RANK = re.compile(r"rank (\d) of 2 on node \w+ \(pid (\d+),")
 RESUMED = re.compile(r"rank (\d) resumed from (\S+) at step (\d+) \(epoch \d+, \d+ batches in; target (\w+), "
                      r"mask stream (\w+), torch stream (\w+)\)")  # fmt: skip
@@ -133,6 +134,23 @@ def _registered(run_dir: Path) -> int:
         return 0
 
 
+def _unregister(run_dir: Path, step: int) -> None:
+    """Ray Train's snapshot as a driver killed after checkpoint `step`'s upload, before Ray registered it, leaves it:
+    without the checkpoints from `step` on. That window is about one health-check interval (here the kills hit it
+    by chance only); `--resume` must still start from the newest complete checkpoint, not from Ray's."""
+    path = run_dir / "checkpoint_manager_snapshot.json"
+    snap = json.loads(path.read_text())
+    steps = [int(r["metrics"]["step"]) for r in snap["checkpoint_results"]]
+    keep, drop = [i for i, s in enumerate(steps) if s < step], [i for i, s in enumerate(steps) if s >= step]
+    assert keep, steps
+    if drop:  # the reports Ray had counted before the first dropped one
+        snap["current_report_index"] = snap["checkpoint_report_indices"][drop[0]]
+        for key in ("checkpoint_results", "checkpoint_report_indices"):
+            snap[key] = [snap[key][i] for i in keep]
+        snap["latest_checkpoint_result"] = snap["checkpoint_results"][-1]
+        path.write_text(json.dumps(snap))
+
+
 def _resumes(checkpoint: str | None) -> list[dict]:
     """The resumes a complete checkpoint records (its run's restarts); [] for none, or while it is rewritten (a
     restarted rank 0 writes a step's checkpoint again, over an unregistered copy that the killed ranks left)."""
@@ -202,11 +220,13 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
     assert restarted[0][3] == _mask_stream(ckpt_k) != restarted[1][3], restarted
     assert restarted[0][4] != restarted[1][4], restarted  # the torch streams differ too
 
-    # 3. --resume from the latest complete checkpoint the killed run left (maybe newer than Ray registered)
+    # 3. --resume from the latest complete checkpoint the killed run left, newer than Ray's registered one
     latest = Path(str(existing_checkpoint(cfg)))
     at = json.loads((latest / "state.json").read_text())["state"]["step"]
     assert k < at < STEPS, (k, latest)
     target, stream = _sha(latest / "target.safetensors"), _mask_stream(latest)
+    _unregister(run_dir, at)
+    assert _registered(run_dir) < at, _registered(run_dir)
     resumed = _Driver([*argv, "--resume"], env)
     try:
         assert resumed.proc.wait(timeout=420) == 0, resumed.log[-4000:]
