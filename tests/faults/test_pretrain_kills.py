@@ -79,9 +79,6 @@ class _Driver:
             assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{self.log[-4000:]}"
             time.sleep(0.1)
 
-    def step_seen(self, step: int, after: int = 0) -> bool:
-        return any(re.search(rf"\bstep {step}/{STEPS}\b", line) for line in self.lines[after:])
-
     def resumed(self, after: int = 0) -> dict[int, tuple[str, int, str, str, str]]:
         return {int(m.group(1)): (m.group(2), int(m.group(3)), m.group(4), m.group(5), m.group(6))
                 for m in RESUMED.finditer("".join(self.lines[after:]))}  # fmt: skip
