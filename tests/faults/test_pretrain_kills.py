@@ -109,7 +109,7 @@ def _mask_stream(checkpoint: Path) -> str:
 
 
 def _workers(ray_tmp: str) -> dict[int, tuple[int, tuple[str, int, str, str, str] | None]]:
-    """pid -> (rank, its resume or None) of each Ray Train worker of the test's Ray sessions so far, read from the
+    """pid -> (rank, its resume or None) of each Ray Train worker of the test's Ray clusters so far, read from the
     log file Ray writes for each worker process: the driver gets the same lines forwarded, seconds late (measured:
     a restarted rank's "resumed" line reached it after 3 more steps) or never, once it is killed."""
     found = {}
