@@ -27,7 +27,7 @@ from anysat import AnySat
 from anysat.jepa import Jepa
 from modelops.monitoring import COLLAPSE_FILE, build_monitor, plant_collapse, tracked_metrics
 from modelops.registry import register_encoder
-from modelops.run_storage import CKPT_PREFIX, checkpoints, storage_fs, write_run_file
+from modelops.run_storage import CKPT_PREFIX, checkpoints, newer_checkpoint, storage_fs, write_run_file
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import (CollapseError, StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint,
                           wrap_ddp)  # fmt: skip
@@ -193,12 +193,12 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
             else:
                 ray.train.report(metrics)
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # a resumed run: the killed driver's last registered one, maybe older
     with tempfile.TemporaryDirectory() as tmp:
         restore = None
-        if checkpoint is None and loop_config["resume_from"]:
-            fs, _ = storage_fs(cfg.run.storage)
-            checkpoint = ray.train.Checkpoint(loop_config["resume_from"], filesystem=fs)
+        source = newer_checkpoint(checkpoint.path if checkpoint else None, loop_config["resume_from"])
+        if source is not None and (checkpoint is None or source != checkpoint.path):
+            checkpoint = ray.train.Checkpoint(source, filesystem=storage_fs(cfg.run.storage)[0])
         if checkpoint is not None:
             restore = checkpoint.to_directory(str(Path(tmp) / "restore"))
         with RayEpochs(shards, cfg.data) as feed:  # the next epoch's stream starts before this one ends

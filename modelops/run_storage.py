@@ -21,7 +21,8 @@ from anysat.train.checkpoint import STATE_FILE, missing_files
 if TYPE_CHECKING:
     from modelops.pretrain_config import PretrainConfig
 
-__all__ = ["CKPT_PREFIX", "checkpoints", "existing_checkpoint", "local_checkpoint", "storage_fs", "write_run_file"]
+__all__ = ["CKPT_PREFIX", "checkpoints", "existing_checkpoint", "local_checkpoint", "newer_checkpoint", "storage_fs",
+           "write_run_file"]
 
 log = logging.getLogger("pretrain")
 CKPT_PREFIX = "checkpoint_"
@@ -51,6 +52,23 @@ def existing_checkpoint(cfg: PretrainConfig) -> str | None:
         log.warning("checkpoint %s/%s is incomplete (%s missing or cut short); resuming from an earlier one",
                     run_dir, name, ", ".join(lacking[:4]))  # fmt: skip
     return None
+
+
+def newer_checkpoint(registered: str | None, found: str | None) -> str | None:
+    """The checkpoint a Ray Train worker restores: the later step of `registered` (Ray's latest registered one,
+    `ray.train.get_checkpoint()`) and `found` (the one `--resume` found, `existing_checkpoint`); Ray's on a tie.
+
+    Ray Train reloads its checkpoint manager's snapshot from the run storage, so in a resumed run Ray's checkpoint
+    is the killed driver's last *registered* one. Registration lags the upload (Ray collects every rank's report
+    at its next health check), so a driver killed in between leaves a newer complete checkpoint than Ray names,
+    and taking Ray's would silently redo those steps. Within a run, after a worker-group restart, Ray's is the
+    newer one once this run has registered any. Steps come from the directory names (`checkpoint_<step>`).
+    """
+    if registered is None or found is None:
+        return registered or found
+    step = {p: int(m.group(1)) if (m := re.fullmatch(rf"{CKPT_PREFIX}(\d+)", p.rstrip("/").rsplit("/", 1)[-1])) else -1
+            for p in (registered, found)}  # fmt: skip
+    return found if step[found] > step[registered] else registered
 
 
 def _lacking(fs: Any, checkpoint: str) -> list[str]:

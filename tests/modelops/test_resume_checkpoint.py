@@ -13,7 +13,7 @@ import torch
 from anysat import AnySat, AnySatConfig
 from anysat.jepa import Jepa, JepaConfig
 from anysat.train import OptimConfig, Trainer, save_checkpoint
-from modelops.run_storage import existing_checkpoint
+from modelops.run_storage import existing_checkpoint, newer_checkpoint
 from modelops.pretrain_config import PretrainConfig
 from pipeline.config import load_config
 
@@ -47,3 +47,15 @@ def test_resume_skips_partial_checkpoint_copies(tmp_path: Path, caplog: pytest.L
     assert existing_checkpoint(cfg) == str(short)
     (short / "state.json").write_text(json.dumps(state)[:50])  # a truncated state.json
     assert existing_checkpoint(cfg) == str(good)
+
+
+def test_a_resumed_ray_run_restores_the_newer_of_rays_checkpoint_and_the_one_resume_found() -> None:
+    """Ray Train's reloaded snapshot names the killed driver's last *registered* checkpoint; a complete one it had
+    not registered yet is newer and wins (else its steps are redone); within a run Ray's newer one wins."""
+    run = "bucket/runs/r"
+    assert newer_checkpoint(f"{run}/checkpoint_000004", f"{run}/checkpoint_000006") == f"{run}/checkpoint_000006"
+    assert newer_checkpoint(f"{run}/checkpoint_000010", f"{run}/checkpoint_000006") == f"{run}/checkpoint_000010"
+    assert newer_checkpoint(f"{run}/checkpoint_000006", f"{run}/checkpoint_000006/") == f"{run}/checkpoint_000006"
+    assert newer_checkpoint(None, f"{run}/checkpoint_000006") == f"{run}/checkpoint_000006"
+    assert newer_checkpoint(f"{run}/checkpoint_000004", None) == f"{run}/checkpoint_000004"
+    assert newer_checkpoint(None, None) is None
