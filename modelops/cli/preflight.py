@@ -2,13 +2,20 @@
 
 Each check returns problems as one line each (empty: fine), so a job can print them all and exit 2 before a
 search runs or a worker starts. Costs: one landing-page request per STAC API, one request per collection (a
-listing only when one is missing), one small object written and deleted in the store.
+listing only when one is missing), one small object written and deleted in the store. An `s3://` store with a
+configured endpoint (`FSSPEC_S3_ENDPOINT_URL`/`AWS_ENDPOINT_URL`, or `endpoint_url` in its options) is first
+probed with a plain TCP connection for up to 10 s: an endpoint nothing listens on is reported at once, instead
+of after the object store's retry budget (~4 min of retried calls for the write probe against a dead endpoint).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
@@ -88,12 +95,38 @@ def check_collections(url: str, collections: Iterable[str]) -> list[str]:
     return [f"collection {cid!r} does not exist at {url}; it has: {listed}" for cid in missing]
 
 
+def _s3_endpoint(storage_options: Mapping[str, Any]) -> str:
+    """The S3 endpoint the store's client would use when one is configured ('' for AWS's own)."""
+    client = dict(storage_options.get("client_kwargs") or {})
+    return str(storage_options.get("endpoint_url") or client.get("endpoint_url")
+               or os.environ.get("FSSPEC_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "")  # fmt: skip
+
+
+def _unreachable(endpoint: str, *, wait_s: float = 10.0) -> str:
+    """Why no TCP connection to `endpoint` could be opened within `wait_s` ('' once one is)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            socket.create_connection(address, timeout=3).close()
+            return ""
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                return _reason(err)
+        time.sleep(1.0)
+
+
 def check_store(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """The store (local path or any fsspec URL) takes a small write and delete with the current credentials."""
     import fsspec
 
     hint = ("; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and, for a non-AWS endpoint, "
             "FSSPEC_S3_ENDPOINT_URL/AWS_ENDPOINT_URL") if url.startswith("s3://") else ""  # fmt: skip
+    endpoint = _s3_endpoint(dict(storage_options or {})) if url.startswith("s3://") else ""
+    if endpoint and (why := _unreachable(endpoint)):
+        return [f"store {url}: its S3 endpoint {endpoint} is not reachable ({why}); is the object store running, "
+                "and FSSPEC_S3_ENDPOINT_URL/AWS_ENDPOINT_URL right?"]  # fmt: skip
     try:
         fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
         probe = f"{root.rstrip('/')}/.preflight-{uuid.uuid4().hex[:12]}"

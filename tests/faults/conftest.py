@@ -4,6 +4,12 @@
 shard (many commits, so a fault lands between two of them) into a local or `s3://` store; `committed(store,
 env)` maps each committed shard to its `_COMMITTED` marker (chip ids, content hash), the figures a faulty run
 is compared on with an uninterrupted one.
+
+`outage(name, kill=False)` is how a fault test takes one of the session stack's servers down: a context manager
+that stops it on entry and, on exit (also when the test fails inside it), starts it again on its own port over
+its data on disk, then checks that the stack's client variables are what they were and the server answers. Every
+later test's `stack_env` (one dict for the session, and the Ray head's job environment, set at its start) keeps
+pointing at a live server: a server left dead, or restarted on another port, would make them wait on nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,3 +62,24 @@ def ingest_job() -> Callable[..., subprocess.Popen[bytes]]:
 def committed() -> Callable[..., dict[str, dict]]:
     """`(store, env=None) -> {shard id: its _COMMITTED marker}` for a local or s3:// store."""
     return _committed
+
+
+@contextmanager
+def _outage(stack, name: str, *, kill: bool = False) -> Iterator[None]:  # noqa: ANN001 - infra.local LocalStack
+    before = stack.env()
+    stack.stop_one(name, kill=kill)
+    try:
+        yield
+    finally:
+        state = stack.status()[name]
+        if not state["alive"]:
+            stack.start_again(name)  # its own port, its data on disk
+        state = stack.status()[name]
+        assert state["healthy"], f"{name} did not come back: {state}"
+        assert stack.env() == before, f"{name} came back with other client variables than the session's"
+
+
+@pytest.fixture
+def outage(local_stack) -> Callable[..., AbstractContextManager[None]]:  # noqa: ANN001
+    """`with outage(name, kill=False):` a stack server down for the block, back on its port afterwards."""
+    return lambda name, kill=False: _outage(local_stack, name, kill=kill)

@@ -35,7 +35,7 @@ def _first_steps_logged(client, experiment: str, name: str, steps: int) -> bool:
     return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= steps
 
 
-def test_mlflow_stopped_mid_training_gets_the_outage_metrics_when_back(local_stack, stack_env,
+def test_mlflow_stopped_mid_training_gets_the_outage_metrics_when_back(outage, stack_env,
                                                                        tmp_path: Path) -> None:  # fmt: skip
     from mlflow.tracking import MlflowClient
 
@@ -58,9 +58,8 @@ def test_mlflow_stopped_mid_training_gets_the_outage_metrics_when_back(local_sta
             assert time.monotonic() < deadline, "the job logged no metrics"
             time.sleep(0.1)
         assert job.poll() is None, "the job ended before the outage"
-        local_stack.stop_one("mlflow")
-        stopped_while_training = job.poll() is None
-        local_stack.start_again("mlflow")  # ~15-30 s here: the job trains on meanwhile, or waits for it (bounded)
+        with outage("mlflow"):  # back on its port at the block's end: ~15-30 s here, the job trains on meanwhile
+            stopped_while_training = job.poll() is None
         job.wait(timeout=300)
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert job.returncode == 0, stdout[-2000:] + stderr[-4000:]

@@ -31,13 +31,7 @@ def _until(ready: Callable[[], bool], proc: subprocess.Popen, timeout_s: float =
         time.sleep(0.05)
 
 
-def _outage(stack, seconds: float = OUTAGE_S) -> None:
-    stack.stop_one("s3", kill=True)
-    time.sleep(seconds)
-    stack.start_again("s3")
-
-
-def test_an_s3_restart_mid_ingestion_loses_and_duplicates_nothing(local_stack, stack_env, sample_items, serve_stac,
+def test_an_s3_restart_mid_ingestion_loses_and_duplicates_nothing(outage, stack_env, sample_items, serve_stac,
                                                                   ingest_job, committed, tmp_path: Path) -> None:  # fmt: skip
     collection, rows = sample_items("landsat-c2-l2")
     store = f"{stack_env['ANYSAT_STORE_URL']}/tests/faults/s3-outage-{uuid.uuid4().hex[:8]}"
@@ -51,7 +45,8 @@ def test_an_s3_restart_mid_ingestion_loses_and_duplicates_nothing(local_stack, s
         run = ingest_job(store, url, stack_env, *SMALL)
         _until(lambda: len(committed(store, stack_env)) >= 2, run)
         assert run.poll() is None, "the run ended before the outage"
-        _outage(local_stack)
+        with outage("s3", kill=True):
+            time.sleep(OUTAGE_S)
         out = run.communicate(timeout=240)[0].decode()
     assert run.returncode == 0, out[-3000:]
     assert "failed transiently" in out, out[-3000:]  # the run met the outage and retried through it
@@ -67,7 +62,7 @@ def _summary(stdout: str) -> dict:
     return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith('{"run_id"')))
 
 
-def test_an_s3_restart_mid_training_on_ray_loses_and_repeats_no_step(local_stack, stack_env, committed,
+def test_an_s3_restart_mid_training_on_ray_loses_and_repeats_no_step(outage, stack_env, committed,
                                                                      tmp_path: Path) -> None:  # fmt: skip
     import s3fs
 
@@ -97,7 +92,8 @@ def test_an_s3_restart_mid_training_on_ray_loses_and_repeats_no_step(local_stack
         job = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, env={**os.environ, **env})
         _until(first_checkpoint, job, 600)
         assert first_checkpoint() and job.poll() is None, "training ended, or wrote no checkpoint, before the outage"
-        _outage(local_stack)
+        with outage("s3", kill=True):
+            time.sleep(OUTAGE_S)
         job.wait(timeout=300)
     stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
     assert job.returncode == 0, stdout[-3000:] + stderr[-4000:]

@@ -157,6 +157,24 @@ def test_an_s3_store_without_credentials_fails_before_the_search(stack_env: dict
     assert "items from" not in out.stderr  # no search ran
 
 
+def test_an_s3_store_on_a_dead_endpoint_is_reported_in_seconds(tmp_path: Path) -> None:
+    """Nothing listens at the store's S3 endpoint: preflight says so after its 10 s connection probe, where the
+    write probe alone took ~4 min of retried calls to report it."""
+    import time
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "FSSPEC_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "local-stack-key",
+           "AWS_SECRET_ACCESS_KEY": "local-stack-secret"}  # fmt: skip
+    started = time.monotonic()
+    out = _cli("ingest", "--config", "configs/ingest-demo.yaml", "--stac-url", f"http://127.0.0.1:{_closed_port()}",
+               "--no-ray", "--set", "store=s3://anysat/dead-endpoint", env=env, timeout=600)  # fmt: skip
+    seconds = time.monotonic() - started
+    assert out.returncode == 2, out.stderr
+    assert (f"preflight: store s3://anysat/dead-endpoint: its S3 endpoint {endpoint} is not reachable "
+            "(") in out.stderr, out.stderr  # fmt: skip
+    assert seconds < 90, (seconds, out.stderr[-2000:])  # ~10 s of probing plus the start-up of the command
+
+
 @pytest.fixture(scope="module")
 def open_interval_store(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store ingested with an open interval (`2017-06-01T00:00:00Z/..`), through the real command."""

@@ -30,19 +30,24 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def stores(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Landsat and demo stores on local disk, and a driver connected to the session's Ray head."""
+    """Landsat and demo stores on local disk, and a driver connected to the session's Ray head.
+
+    `landsat` (25 chips, 4 a shard) and `landsat-5` (the same 25 chips, 5 a shard: 5 shards of 5, which no split into
+    whole shards divides evenly) are the Landsat sample; `demo` the demo sample, one chip a shard.
+    """
     import ray
 
     root = tmp_path_factory.mktemp("ray-loader-stores")
-    for name, config in (("landsat", "ingest-landsat.yaml"), ("demo", "ingest-demo.yaml")):
+    for name, config, per_shard in (("landsat", "ingest-landsat.yaml", 4), ("landsat-5", "ingest-landsat.yaml", 5),
+                                    ("demo", "ingest-demo.yaml", 1)):  # fmt: skip
         cfg = load_config(IngestConfig, ROOT / "configs" / config, [f"store={root / name}", "quicklooks=0",
-                                                                    "chips_per_shard=1" if name == "demo" else "chips_per_shard=4"])  # fmt: skip
+                                                                    f"chips_per_shard={per_shard}"])  # fmt: skip
         run_ingest(cfg, stac_url=stack_env["STAC_API_URL"], use_ray=False)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address=stack_env["RAY_GCS_ADDRESS"], logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # this checkout's code in the head's workers
     try:
-        yield {"landsat": str(root / "landsat"), "demo": str(root / "demo")}
+        yield {name: str(root / name) for name in ("landsat", "landsat-5", "demo")}
     finally:
         ray.shutdown()
 
@@ -105,17 +110,26 @@ def test_ray_epochs_on_the_trainers_equal_splits_keep_ranks_in_lockstep(stores: 
     """`RayEpochs` on the splits Ray Train gives its workers (`DataConfig`: `streaming_split(equal=True)`), with
     `drop_last`, consumed at different speeds for 3 epochs. What DDP relies on: each epoch every rank gets the
     same number of full batches (a rank with one batch more would wait for ever in its all-reduce); the ranks'
-    chips are disjoint, none twice, and nothing hangs."""
+    chips are disjoint, none twice, and nothing hangs.
+
+    The store is built so that only a split inside a shard can be equal: 25 chips in 5 shards of 5, 2 a batch.
+    Any split into whole shards (what `streaming_split(equal=False)` hands out, Ray's blocks being the shards)
+    gives the ranks 0 and 12, 2 and 10 or 5 and 7 steps; the equal split gives both 12 chips, 6 steps."""
     import time
 
     import ray.train
 
-    config = LoaderConfig((DatasetSource(stores["landsat"]),), batch_size=2, patch_sizes_m=(30,), drop_last=True)
+    config = LoaderConfig((DatasetSource(stores["landsat-5"], name="landsat"),), batch_size=2, patch_sizes_m=(30,),
+                          drop_last=True)  # fmt: skip
     splits = ray.train.DataConfig().configure(ray_datasets(config), world_size=2, worker_handles=None,
                                               worker_node_ids=None)  # what TorchTrainer(datasets=...) hands out
-    chips = _chips(stores["landsat"])
+    chips = _chips(stores["landsat-5"])
     per_rank = len(chips) // 2 // config.batch_size  # equal splits of n // 2 chips, each short batch dropped
     assert per_rank >= 2, len(chips)
+    sizes = [len(ids) for ids in read_index(StoreLayout(stores["landsat-5"]))["chip_ids"]]
+    whole = {sum(s for i, s in enumerate(sizes) if m >> i & 1) for m in range(2 ** len(sizes))}  # rank 0's chips
+    n, size = len(chips), config.batch_size
+    assert all(a // size != (n - a) // size for a in whole), sizes  # the premise: only an equal split is even
 
     def consume(k: int) -> dict[int, list[list[str]]]:
         seen: dict[int, list[list[str]]] = {}
