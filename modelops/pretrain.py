@@ -27,7 +27,8 @@ from anysat import AnySat
 from anysat.jepa import Jepa
 from modelops.monitoring import COLLAPSE_FILE, build_monitor, plant_collapse, tracked_metrics
 from modelops.registry import register_encoder
-from modelops.run_storage import CKPT_PREFIX, checkpoints, newer_checkpoint, storage_fs, write_run_file
+from modelops.run_storage import (CKPT_PREFIX, checkpoints, newer_checkpoint, storage_fs, worker_scratch,
+                                  write_run_file)
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import (CollapseError, StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint,
                           wrap_ddp)  # fmt: skip
@@ -185,22 +186,26 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
     shards = {src.name: ray.train.get_dataset_shard(src.name) for src in cfg.data.datasets}
     def save(t: Trainer, r: StepReport, extra: dict[str, Any]) -> None:
         metrics = {**r.metrics(), "step": t.state.step}
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                path = save_checkpoint(t, Path(tmp) / "ckpt", extra=extra)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)),
-                                 checkpoint_dir_name=f"{CKPT_PREFIX}{t.state.step:06d}")  # fmt: skip
-            else:
-                ray.train.report(metrics)
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        out = scratch / "save"
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            path = save_checkpoint(t, out / "ckpt", extra=extra)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+                             checkpoint_dir_name=f"{CKPT_PREFIX}{t.state.step:06d}")  # fmt: skip
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
     checkpoint = ray.train.get_checkpoint()  # a resumed run: the killed driver's last registered one, maybe older
-    with tempfile.TemporaryDirectory() as tmp:
+    with worker_scratch(cfg, rank) as scratch:  # what a killed worker copied is removed by the next one
         restore = None
         source = newer_checkpoint(checkpoint.path if checkpoint else None, loop_config["resume_from"])
         if source is not None and (checkpoint is None or source != checkpoint.path):
             checkpoint = ray.train.Checkpoint(source, filesystem=storage_fs(cfg.run.storage)[0])
         if checkpoint is not None:
-            restore = checkpoint.to_directory(str(Path(tmp) / "restore"))
+            restore = checkpoint.to_directory(str(scratch / "restore"))
         with RayEpochs(shards, cfg.data) as feed:  # the next epoch's stream starts before this one ends
             try:
                 _train(cfg, rank=rank, world=world, device=ray.train.torch.get_device(),

@@ -7,9 +7,11 @@ which filesystem holds the run (pyarrow, with bounded retries on s3://), and wri
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from modelops.pretrain_config import PretrainConfig
 
 __all__ = ["CKPT_PREFIX", "checkpoints", "existing_checkpoint", "local_checkpoint", "newer_checkpoint", "storage_fs",
-           "write_run_file"]
+           "worker_scratch", "worker_scratch_path", "write_run_file"]
 
 log = logging.getLogger("pretrain")
 CKPT_PREFIX = "checkpoint_"
@@ -127,3 +129,25 @@ def write_run_file(cfg: PretrainConfig, name: str, data: bytes) -> str:
     if staging != target:
         fs.move(staging, target)
     return target if not cfg.run.storage.startswith("s3://") else f"s3://{target}"
+
+
+def worker_scratch_path(storage: str, name: str, rank: int) -> Path:
+    """The scratch folder of one rank of one run (see `worker_scratch`), in the system's temp dir."""
+    key = hashlib.sha256(f"{storage.rstrip('/')}/{name}".encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"anysat-worker-{key}-rank{rank}"
+
+
+@contextlib.contextmanager
+def worker_scratch(cfg: PretrainConfig, rank: int) -> Iterator[Path]:
+    """A Ray Train worker's scratch folder for checkpoint copies (the restored one, each saved one before its
+    upload), named by the run and the rank and emptied on entry and exit. A SIGKILLed worker cannot remove what
+    it copied (up to a whole checkpoint, ~90 MB for the tiny model); a `TemporaryDirectory` would keep it in the
+    temp dir for good, while here the next worker of the same rank of the run (Ray Train's restart, `--resume`)
+    removes it."""
+    path = worker_scratch_path(cfg.run.storage, cfg.run.name, rank)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -40,7 +40,7 @@ import pytest
 
 from modelops.pretrain import stream_digest
 from modelops.pretrain_config import PretrainConfig
-from modelops.run_storage import existing_checkpoint
+from modelops.run_storage import existing_checkpoint, worker_scratch_path
 from pipeline.config import load_config
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.run import run_ingest
@@ -202,6 +202,10 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
         first.proc.wait(timeout=30)
         again = {pid: v for pid, v in _workers(ray_tmp).items() if pid not in workers.values()}  # a new group
         assert _gone(list(again), 60) == [], "workers outlived their killed driver"
+        # what the killed workers had copied (the restored checkpoint) is still in their scratch folders
+        scratch = [worker_scratch_path(str(storage), name, r) for r in (0, 1)]
+        left = [str(p) for p in scratch if p.exists()]
+        assert left, scratch  # SIGKILLed: no `finally` ran (so the final check below is not vacuous)
     finally:
         first.proc.kill()
         first.proc.wait(timeout=30)
@@ -242,4 +246,5 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
     assert summary["steps"] == STEPS and [row[0] for row in final["state"]["history"]] == list(range(1, STEPS + 1))
     assert summary["resumes"] == [{"step": k, "target_sha256": target_k},
                                   {"step": at, "target_sha256": target}]  # fmt: skip
+    assert not any(p.exists() for p in scratch), f"left by the killed workers: {left}; after the resumed run: {scratch}"
     shutil.rmtree(run_dir)  # ~90 MB a checkpoint, all kept
