@@ -27,8 +27,8 @@ from anysat import AnySat
 from anysat.jepa import Jepa
 from modelops.monitoring import COLLAPSE_FILE, build_monitor, plant_collapse, tracked_metrics
 from modelops.registry import register_encoder
-from modelops.run_storage import (CKPT_PREFIX, checkpoints, newer_checkpoint, storage_fs, worker_scratch,
-                                  write_run_file)
+from modelops.run_storage import (CKPT_PREFIX, checkpoints, newer_checkpoint, remove_stale_checkpoint, storage_fs,
+                                  worker_scratch, write_run_file)
 from modelops.tracking import Tracker, write_loss_curve
 from anysat.train import (CollapseError, StepReport, Trainer, fit, load_checkpoint, read_state, save_checkpoint,
                           wrap_ddp)  # fmt: skip
@@ -189,6 +189,7 @@ def _ray_worker(loop_config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics)
             return
+        remove_stale_checkpoint(cfg, t.state.step)  # Ray would copy over a killed attempt's folder file by file
         out = scratch / "save"
         shutil.rmtree(out, ignore_errors=True)
         try:

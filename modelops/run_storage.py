@@ -23,8 +23,8 @@ from anysat.train.checkpoint import STATE_FILE, missing_files
 if TYPE_CHECKING:
     from modelops.pretrain_config import PretrainConfig
 
-__all__ = ["CKPT_PREFIX", "checkpoints", "existing_checkpoint", "local_checkpoint", "newer_checkpoint", "storage_fs",
-           "worker_scratch", "worker_scratch_path", "write_run_file"]
+__all__ = ["CKPT_PREFIX", "checkpoints", "existing_checkpoint", "local_checkpoint", "newer_checkpoint",
+           "remove_stale_checkpoint", "storage_fs", "worker_scratch", "worker_scratch_path", "write_run_file"]
 
 log = logging.getLogger("pretrain")
 CKPT_PREFIX = "checkpoint_"
@@ -151,3 +151,20 @@ def worker_scratch(cfg: PretrainConfig, rank: int) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_checkpoint(cfg: PretrainConfig, step: int) -> bool:
+    """Remove the run's folder of `step`'s checkpoint if an earlier, killed attempt left one; True if it did.
+
+    Called before a (restarted) run writes that step again: Ray Train copies a checkpoint into its folder file by
+    file, so over a leftover a copy cut short would mix two attempts' files of the same sizes, which the size
+    check of `existing_checkpoint` cannot tell from a complete copy. A restarted run only writes steps after the
+    one it restored, so the folder is never a checkpoint Ray registered.
+    """
+    fs, root = storage_fs(cfg.run.storage)
+    stale = f"{root.rstrip('/')}/{cfg.run.name}/{CKPT_PREFIX}{step:06d}"
+    if fs.get_file_info(stale).type.name != "Directory":
+        return False
+    log.warning("removing %s, left by an earlier attempt, before writing it again", stale)
+    fs.delete_dir(stale)
+    return True

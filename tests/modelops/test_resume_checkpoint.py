@@ -13,7 +13,7 @@ import torch
 from anysat import AnySat, AnySatConfig
 from anysat.jepa import Jepa, JepaConfig
 from anysat.train import OptimConfig, Trainer, save_checkpoint
-from modelops.run_storage import existing_checkpoint, newer_checkpoint
+from modelops.run_storage import existing_checkpoint, newer_checkpoint, remove_stale_checkpoint
 from modelops.pretrain_config import PretrainConfig
 from pipeline.config import load_config
 
@@ -59,3 +59,15 @@ def test_a_resumed_ray_run_restores_the_newer_of_rays_checkpoint_and_the_one_res
     assert newer_checkpoint(None, f"{run}/checkpoint_000006") == f"{run}/checkpoint_000006"
     assert newer_checkpoint(f"{run}/checkpoint_000004", None) == f"{run}/checkpoint_000004"
     assert newer_checkpoint(None, None) is None
+
+
+def test_a_restarted_run_removes_a_killed_attempts_folder_before_writing_it_again(tmp_path: Path) -> None:
+    cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain-demo.yaml",
+                      [f"run.storage={tmp_path}", "run.name=r"])  # fmt: skip
+    left = tmp_path / "r" / "checkpoint_000006"  # what a killed attempt wrote of step 6 (never registered)
+    left.mkdir(parents=True)
+    (left / "optimizer.pt").write_bytes(b"from the killed attempt")
+    kept = tmp_path / "r" / "checkpoint_000004"
+    kept.mkdir()
+    assert remove_stale_checkpoint(cfg, 6) is True and not left.exists() and kept.is_dir()
+    assert remove_stale_checkpoint(cfg, 8) is False  # nothing there: nothing to remove
