@@ -196,3 +196,31 @@ def gloo_ranks() -> Callable[[str, Path], list[str]]:
         return outs
 
     return launch
+
+
+class CollectedProcess:
+    """A subprocess whose merged stdout and stderr a daemon thread collects line by line while it runs, so that a
+    test can act on what it prints (`lines`, `output`) without blocking on its pipe."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], *, cwd: Path, new_session: bool = False) -> None:
+        self.proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=new_session)  # fmt: skip
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def collected() -> Callable[..., CollectedProcess]:
+    """Start a `CollectedProcess` in the checkout: `collected(argv, env, new_session=False)`."""
+    root = Path(__file__).resolve().parents[1]
+    return lambda argv, env, **kw: CollectedProcess(argv, env, cwd=root, **kw)

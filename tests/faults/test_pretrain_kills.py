@@ -27,13 +27,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -54,23 +53,15 @@ RESUMED = re.compile(r"rank (\d) resumed from (\S+) at step (\d+) \(epoch \d+, \
 
 
 class _Driver:
-    """`jobs/pretrain.py` as a subprocess whose merged output is collected line by line while it runs."""
+    """`jobs/pretrain.py` as a subprocess whose merged output is collected line by line while it runs (a conftest
+    `CollectedProcess`), and what the test reads from it."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)  # fmt: skip
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+    def __init__(self, run: Any) -> None:
+        self.run, self.proc, self.lines, self.reader = run, run.proc, run.lines, run.reader
 
     @property
     def log(self) -> str:
-        return "".join(self.lines)
+        return self.run.output
 
     def wait_for(self, what: str, ready: Callable[[], bool], timeout: float = 420) -> None:
         deadline = time.monotonic() + timeout
@@ -175,8 +166,8 @@ def ray_tmp() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path,
-                                                                       ray_tmp: str) -> None:  # fmt: skip
+def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_store: Path, tmp_path: Path, ray_tmp: str,
+                                                                       collected) -> None:  # noqa: ANN001  # fmt: skip
     storage, name = tmp_path / "runs", "kills"
     run_dir = storage / name
     overrides = [f"data.datasets.0.url={demo_store}", "data.patch_sizes_m=[40]", f"run.storage={storage}",
@@ -189,7 +180,7 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["RAY_TMPDIR"] = ray_tmp  # where Ray records "the current cluster": this test's, not another on the machine
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.25"  # Ray Train polls its workers (reports, deaths) 4 times a s
-    first = _Driver(argv, env)
+    first = _Driver(collected(argv, env))
     try:
         # 1. rank 1's worker SIGKILLed once Ray has registered a checkpoint (so that it restarts from one)
         first.wait_for("both ranks' pids", lambda: sorted(r for r, _ in _workers(ray_tmp).values()) == [0, 1])
@@ -228,7 +219,7 @@ def test_a_killed_worker_then_a_killed_driver_resume_at_the_checkpoint(demo_stor
     target, stream = _sha(latest / "target.safetensors"), _mask_stream(latest)
     _unregister(run_dir, at)
     assert _registered(run_dir) < at, _registered(run_dir)
-    resumed = _Driver([*argv, "--resume"], env)
+    resumed = _Driver(collected([*argv, "--resume"], env))
     try:
         assert resumed.proc.wait(timeout=420) == 0, resumed.log[-4000:]
     finally:

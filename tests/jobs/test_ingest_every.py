@@ -13,10 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -35,23 +35,15 @@ SIGINT_IGNORED = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.S
 
 
 class _Schedule:
-    """`jobs/ingest_every.py` as a subprocess (its own session) whose merged output a thread collects."""
+    """`jobs/ingest_every.py` as a subprocess in its own session (`collected(…, new_session=True)`: its output
+    collected by a thread), with bounded waits that end its whole process tree on a timeout."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)  # fmt: skip
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+    def __init__(self, run: Any) -> None:  # a conftest `CollectedProcess`
+        self.run, self.proc, self.lines, self.reader = run, run.proc, run.lines, run.reader
 
     @property
     def output(self) -> str:
-        return "".join(self.lines)
+        return self.run.output
 
     def first_json(self, timeout: float) -> dict:
         """The first line that is a JSON object, within `timeout` s; else the schedule is ended and the test fails."""
@@ -102,12 +94,13 @@ class _Schedule:
         self.reader.join(timeout=30)
 
 
-def test_schedule_submits_an_incremental_run_and_stops_on_ctrl_c(stack_env: dict[str, str]) -> None:
+def test_schedule_submits_an_incremental_run_and_stops_on_ctrl_c(stack_env: dict[str, str], collected) -> None:  # noqa: ANN001
     store = f"{stack_env['ANYSAT_STORE_URL']}/tests/every-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **stack_env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    schedule = _Schedule([sys.executable, "-c", SIGINT_IGNORED, sys.executable, "jobs/ingest_every.py",
-                          "--config", "configs/ingest-demo.yaml", "--interval", "3600", "--run-timeout", str(RUN_S),
-                          "--set", f"store={store}", "--set", "quicklooks=0"], env)  # fmt: skip
+    schedule = _Schedule(collected([sys.executable, "-c", SIGINT_IGNORED, sys.executable, "jobs/ingest_every.py",
+                                    "--config", "configs/ingest-demo.yaml", "--interval", "3600", "--run-timeout",
+                                    str(RUN_S), "--set", f"store={store}", "--set", "quicklooks=0"], env,
+                                   new_session=True))  # fmt: skip
     try:
         first = schedule.first_json(FIRST_RUN_S)  # the first run's summary line; then it waits for the next one
         code = schedule.stop(STOP_S)
@@ -127,7 +120,7 @@ def test_schedule_submits_an_incremental_run_and_stops_on_ctrl_c(stack_env: dict
 
 
 @pytest.mark.parametrize("cluster", ["refusing", "silent"])
-def test_a_dead_or_silent_cluster_is_reported_not_waited_on(cluster: str) -> None:
+def test_a_dead_or_silent_cluster_is_reported_not_waited_on(cluster: str, collected) -> None:  # noqa: ANN001
     """A dashboard address nothing listens on: `ray job submit` fails in seconds and the run says so with its error
     line. One that accepts connections and never answers (Ray's client sets no HTTP timeout, so `ray job submit`
     would wait for ever): the run is stopped after `--run-timeout` and reported `timed_out`; its `ray job stop`,
@@ -137,9 +130,9 @@ def test_a_dead_or_silent_cluster_is_reported_not_waited_on(cluster: str) -> Non
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # connections complete in the kernel's backlog; nothing reads them
         address = "http://127.0.0.1:9" if cluster == "refusing" else f"http://127.0.0.1:{silent.getsockname()[1]}"
-        schedule = _Schedule([sys.executable, "jobs/ingest_every.py", "--config", "configs/ingest-demo.yaml",
-                              "--interval", "3600", "--max-runs", "1", "--run-timeout", "10", "--address", address],
-                             env)  # fmt: skip
+        schedule = _Schedule(collected([sys.executable, "jobs/ingest_every.py", "--config", "configs/ingest-demo.yaml",
+                                        "--interval", "3600", "--max-runs", "1", "--run-timeout", "10", "--address",
+                                        address], env, new_session=True))  # fmt: skip
         try:
             first = schedule.first_json(FIRST_RUN_S)
             code = schedule.proc.wait(timeout=STOP_S)
