@@ -47,9 +47,13 @@ class Progress:
         self.label, self.total, self.done, self._first = label, max(int(total), 0), int(done), int(done)
         self._log, self._out, self._clock = log, out, clock
         self._stride = max(1, math.ceil(self.total * every)) if every else 1
-        self._next = self.done + self._stride - self.done % self._stride
+        self._next = self._due_after(self.done)
         self._min_interval = min_interval_s
         self._start = self._logged = clock()
+
+    def _due_after(self, done: int) -> int:
+        """The next multiple of the stride after `done`: where the next line is due."""
+        return done + self._stride - done % self._stride
 
     def update(self, done: int | None = None, detail: str = "") -> str:
         """Record `done` units (default: one more) and return (and log) the line."""
@@ -63,7 +67,7 @@ class Progress:
         now = self._start + elapsed
         due = self.done >= self._next and now - self._logged >= self._min_interval
         if due or self.done >= self.total:
-            self._next, self._logged = self.done + self._stride - self.done % self._stride, now
+            self._next, self._logged = self._due_after(self.done), now
             if self._log is not None:
                 self._log.info("%s", line)
             if self._out is not None:

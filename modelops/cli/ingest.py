@@ -4,8 +4,8 @@ Also `python jobs/ingest.py …` and `ray job submit --working-dir . -- python j
 Ray cluster. The STAC API of sensors without their own `stac_url` comes from `--stac-url` or `STAC_API_URL`; an
 `s3://` store uses the usual AWS variables and `FSSPEC_S3_ENDPOINT_URL` for its endpoint. Before any search it
 checks that each STAC URL is a STAC API with the configured collections and that the store takes a write.
-Prints `shard k/N … ETA` lines and the summary as one JSON line (the last line of stdout). Exits 2 on an invalid config or endpoint, 1 when
-nothing usable was produced.
+Prints `shard k/N … ETA` lines and the summary as one JSON line (the last line of stdout). Exits 2 on an invalid
+config or endpoint, 1 when nothing usable was produced.
 
 `--incremental` ingests only what is new or updated since the last run (state under `<store>/state/`, see
 docs/INGESTION.md); if another run holds the dataset's lease it prints who and until when and exits 0 without

@@ -19,8 +19,9 @@ each task added ~20–40 ms (docs/BENCHMARKS.md). Here:
   first seconds. Results come back in the order of the rows;
 - actors are placed round-robin over the cluster's alive nodes that have CPUs (a soft node affinity each, so a
   full or lost node falls back to any other), so shards are written on every node; Ray's SPREAD strategy alone
-  put both workers of a two-node test cluster on one node. They need no CPU reservation once started (Ray's default for actors), so an idle pool does not hold back a later Ray Train or
-  Ray Data stage of the same job; concurrency is the pool's size;
+  put both workers of a two-node test cluster on one node. They need no CPU reservation once started (Ray's
+  default for actors), so an idle pool does not hold back a later Ray Train or Ray Data stage of the same job;
+  concurrency is the pool's size;
 - a worker that dies is restarted and its tasks retried by Ray up to `max_retries` times (as Ray Data's
   `max_retries` did for tasks); an exception raised by a shard task fails the run, as before.
 """
@@ -85,7 +86,8 @@ def _placements(ray: Any, n: int) -> list[Any]:
     """Where each of `n` workers goes: the alive nodes with CPUs in turn (soft affinity), else SPREAD."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("CPU"))
+    nodes = sorted(node["NodeID"] for node in ray.nodes()
+                   if node.get("Alive") and node.get("Resources", {}).get("CPU"))  # fmt: skip
     if not nodes:
         return ["SPREAD"] * n
     return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(n)]

@@ -94,7 +94,8 @@ class _Schedule:
         self.reader.join(timeout=30)
 
 
-def test_schedule_submits_an_incremental_run_and_stops_on_ctrl_c(stack_env: dict[str, str], collected) -> None:  # noqa: ANN001
+def test_schedule_submits_an_incremental_run_and_stops_on_ctrl_c(stack_env: dict[str, str],
+                                                                 collected) -> None:  # noqa: ANN001
     store = f"{stack_env['ANYSAT_STORE_URL']}/tests/every-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, **stack_env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     schedule = _Schedule(collected([sys.executable, "-c", SIGINT_IGNORED, sys.executable, "jobs/ingest_every.py",
